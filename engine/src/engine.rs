@@ -1,0 +1,417 @@
+//! The engine's public face: start it, apply guard instances, remove them,
+//! stop it. Each guard instance (a compiled guard bound to one root
+//! directory, e.g. a container's root) gets its own fanotify permission group,
+//! so events arrive already attributed to their guard, and replacing a guard
+//! never disturbs another.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::audit::{AuditQueue, AuditRecord, Subscribers};
+use crate::enforce::{Enforcer, EntryBatch};
+use crate::marks;
+use crate::policy::Policy;
+use crate::sys;
+use crate::watch::Watcher;
+use crate::{Kind, metrics as m};
+
+/// Which event loop is in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Batched reads and responses through one io_uring ring.
+    IoUring,
+    /// `poll` + `read` + `writev`, for kernels or sandboxes without io_uring.
+    Plain,
+}
+
+impl Backend {
+    /// Name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::IoUring => "io_uring",
+            Backend::Plain => "plain",
+        }
+    }
+}
+
+/// Engine settings.
+pub struct EngineConfig {
+    /// `None`: io_uring if it works here, else plain. `Some`: exactly that.
+    pub backend: Option<Backend>,
+    /// Capacity of the audit queue (records); beyond it records are dropped
+    /// and counted.
+    pub audit_queue: usize,
+    /// Where audit lines go (JSON, or `logFormat` text); `None`: only to
+    /// subscribers.
+    pub audit_out: Option<Box<dyn Write + Send>>,
+    /// Most objects one guard may walk and mark (beyond: use `mountpoint`).
+    pub max_walk: usize,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("backend", &self.backend)
+            .field("audit_queue", &self.audit_queue)
+            .field("audit_out", &self.audit_out.is_some())
+            .field("max_walk", &self.max_walk)
+            .finish()
+    }
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            backend: None,
+            audit_queue: 65_536,
+            audit_out: None,
+            max_walk: 1_000_000,
+        }
+    }
+}
+
+/// Who a guard instance protects, for audit records and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetInfo {
+    /// Guard, `namespace/name`.
+    pub guard: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Pod name (empty standalone).
+    pub pod: String,
+    /// Container name (empty standalone).
+    pub container: String,
+    /// Node name.
+    pub node: String,
+}
+
+/// A guard instance to enforce.
+#[derive(Clone, Debug)]
+pub struct GuardTarget {
+    /// Unique key; applying the same id again replaces the instance.
+    pub id: String,
+    /// Names for records.
+    pub info: TargetInfo,
+    /// The compiled guard.
+    pub policy: Arc<Policy>,
+    /// Host path under which the guard's paths live: `/` on a host,
+    /// `/proc/<pid>/root` for a container.
+    pub root: PathBuf,
+    /// Pids whose process trees `autoAllowOwner` subjects allow (a
+    /// container's main process).
+    pub owner_pids: Vec<u32>,
+}
+
+/// What applying a guard instance did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GuardReport {
+    /// Permission marks placed (directories, denied files, mounts).
+    pub marks: usize,
+    /// Allowed files cached in the kernel at start.
+    pub cached: usize,
+    /// Directories watched for new entries.
+    pub watched_dirs: usize,
+    /// Rule paths that do not exist yet (guarded once they appear).
+    pub pending: Vec<String>,
+    /// Non-fatal problems (unreadable directories, filesystems without file
+    /// handles for the watcher).
+    pub warnings: Vec<String>,
+}
+
+/// Engine failures.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A system call failed.
+    #[error("{op}: {source}")]
+    Io {
+        /// What was being done.
+        op: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The guard covers more objects than `max_walk`.
+    #[error(
+        "guard {guard} covers more than {limit} files and directories under {path}; narrow it or set `mountpoint: true`"
+    )]
+    TooLarge {
+        /// Guard.
+        guard: String,
+        /// Walk start.
+        path: String,
+        /// The limit.
+        limit: usize,
+    },
+    /// The enforcement or watcher thread is gone.
+    #[error("engine is stopped")]
+    Stopped,
+}
+
+impl EngineError {
+    pub(crate) fn io(op: impl Into<String>, source: std::io::Error) -> Self {
+        EngineError::Io {
+            op: op.into(),
+            source,
+        }
+    }
+}
+
+/// Pre-registered metric handles of one guard instance (no allocation when
+/// counting on the hot path).
+#[derive(Debug)]
+pub(crate) struct Counters {
+    /// `[kind][allow, deny, would-deny]`.
+    pub events: [[metrics::Counter; 3]; 3],
+    pub marks: metrics::Gauge,
+}
+
+/// A guard instance as the engine threads share it.
+#[derive(Debug)]
+pub(crate) struct Runtime {
+    pub id: String,
+    pub info: Arc<TargetInfo>,
+    pub policy: Arc<Policy>,
+    /// Host path of the guarded root.
+    pub root: PathBuf,
+    /// Prefix that `readlink` of an event fd shows for the root; stripped to
+    /// get the path as seen inside the root. Empty for `/`.
+    pub root_shown: Vec<u8>,
+    pub owners: Vec<u32>,
+    /// The permission group.
+    pub perm: OwnedFd,
+    pub counters: Counters,
+    /// `describe()` of each rule, shared into audit records.
+    pub rule_text: Vec<Arc<str>>,
+    pub mark_count: std::sync::atomic::AtomicUsize,
+}
+
+impl Runtime {
+    fn new(target: GuardTarget) -> Result<Runtime, EngineError> {
+        let flags = libc::FAN_CLASS_CONTENT
+            | libc::FAN_CLOEXEC
+            | libc::FAN_NONBLOCK
+            | libc::FAN_UNLIMITED_QUEUE
+            | libc::FAN_UNLIMITED_MARKS;
+        let event_flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as u32;
+        let perm = sys::fanotify::init(flags, event_flags)
+            .map_err(|e| EngineError::io("fanotify_init (permission group)", e))?;
+        let root_shown = shown_prefix(&target.root);
+        let guard = target.info.guard.clone();
+        let counter = |kind: Kind, decision: &'static str| metrics::counter!(m::EVENTS, "guard" => guard.clone(), "event" => kind.as_str(), "decision" => decision);
+        let events = Kind::ALL.map(|k| {
+            [
+                counter(k, "allow"),
+                counter(k, "deny"),
+                counter(k, "would-deny"),
+            ]
+        });
+        let counters = Counters {
+            events,
+            marks: metrics::gauge!(m::MARKS_ACTIVE, "guard" => guard.clone()),
+        };
+        let rule_text = target
+            .policy
+            .rules
+            .iter()
+            .map(|r| Arc::from(r.describe()))
+            .collect();
+        Ok(Runtime {
+            id: target.id,
+            info: Arc::new(target.info),
+            policy: target.policy,
+            root: target.root,
+            root_shown,
+            owners: target.owner_pids,
+            perm,
+            counters,
+            rule_text,
+            mark_count: Default::default(),
+        })
+    }
+
+    /// Host path of an in-root path.
+    pub fn host_path(&self, inner: &str) -> PathBuf {
+        self.root.join(inner.trim_start_matches('/'))
+    }
+
+    /// Host path as a C string (paths from the filesystem never hold NUL).
+    pub fn host_cpath(&self, inner: &str) -> Option<CString> {
+        CString::new(self.host_path(inner).as_os_str().as_bytes()).ok()
+    }
+
+    pub fn add_marks(&self, n: usize) {
+        let total = self
+            .mark_count
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
+            + n;
+        self.counters.marks.set(total as f64);
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.counters.marks.set(0.0);
+    }
+}
+
+/// The prefix `readlink(/proc/self/fd/N)` shows for files under `root`.
+fn shown_prefix(root: &Path) -> Vec<u8> {
+    let shown = std::fs::read_link(root)
+        .or_else(|_| std::fs::canonicalize(root))
+        .unwrap_or_else(|_| root.to_path_buf());
+    let bytes = shown.as_os_str().as_bytes();
+    if bytes == b"/" {
+        Vec::new()
+    } else {
+        bytes.to_vec()
+    }
+}
+
+/// The running engine. Dropping it stops enforcement: every mark is released
+/// and any opener still waiting is allowed by the kernel.
+#[derive(Debug)]
+pub struct Engine {
+    enforcer: Enforcer,
+    watcher: Watcher,
+    backend: Backend,
+    /// id -> serial of the live instance.
+    guards: Mutex<HashMap<String, u64>>,
+    next: std::sync::atomic::AtomicU64,
+    subscribers: Subscribers,
+    audit_thread: Option<std::thread::JoinHandle<()>>,
+    max_walk: usize,
+    active: metrics::Gauge,
+}
+
+impl Engine {
+    /// Starts the enforcement, watcher and audit threads.
+    pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        let subscribers: Subscribers = Default::default();
+        let (queue, audit_thread) =
+            crate::audit::start(config.audit_queue, config.audit_out, subscribers.clone())
+                .map_err(|e| EngineError::io("spawn audit thread", e))?;
+        let (enforcer, backend) = Enforcer::start(config.backend, queue.clone())?;
+        metrics::gauge!(m::BACKEND, "backend" => backend.as_str()).set(1.0);
+        let watcher = Watcher::start(enforcer.entry_sender())?;
+        Ok(Engine {
+            enforcer,
+            watcher,
+            backend,
+            guards: Mutex::default(),
+            next: std::sync::atomic::AtomicU64::new(1),
+            subscribers,
+            audit_thread: Some(audit_thread),
+            max_walk: config.max_walk,
+            active: metrics::gauge!(m::GUARDS_ACTIVE),
+        })
+    }
+
+    /// The event loop in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Starts enforcing `target`, or replaces the instance with the same id.
+    /// The new policy's marks are in place before the old instance is
+    /// retired, so no access slips between them. On error the previous
+    /// instance (if any) keeps running unchanged.
+    pub fn apply(&self, target: GuardTarget) -> Result<GuardReport, EngineError> {
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        let rt = Arc::new(Runtime::new(target)?);
+        let serial = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The enforcement thread must read the new group before any mark
+        // exists on it, or openers would wait on a group nobody reads.
+        self.enforcer.add(serial, rt.clone())?;
+        let notif = match marks::notification_group() {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.enforcer.retire(serial)?;
+                return Err(EngineError::io("fanotify_init (notification group)", e));
+            }
+        };
+        let walk = match marks::initial(&rt, notif.as_fd(), self.max_walk) {
+            Ok(walk) => walk,
+            Err(e) => {
+                self.enforcer.retire(serial)?;
+                return Err(e);
+            }
+        };
+        let report = walk.report.clone();
+        self.enforcer.send_entries(EntryBatch {
+            serial,
+            entries: walk.entries,
+        })?;
+        self.watcher.add(serial, rt.clone(), notif, walk.dirs)?;
+        if let Some(old) = guards.insert(rt.id.clone(), serial) {
+            self.watcher.remove(old)?;
+            self.enforcer.retire(old)?;
+        }
+        self.active.set(guards.len() as f64);
+        Ok(report)
+    }
+
+    /// Stops enforcing the instance `id`; `false` if there was none.
+    pub fn remove(&self, id: &str) -> Result<bool, EngineError> {
+        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(serial) = guards.remove(id) else {
+            return Ok(false);
+        };
+        self.watcher.remove(serial)?;
+        self.enforcer.retire(serial)?;
+        self.active.set(guards.len() as f64);
+        Ok(true)
+    }
+
+    /// Ids of the instances being enforced.
+    pub fn guard_ids(&self) -> Vec<String> {
+        let guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<String> = guards.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// A stream of every audit record from now on. A slow reader loses
+    /// records (its channel holds `capacity`), never slows enforcement.
+    pub fn subscribe(&self, capacity: usize) -> crossbeam_channel::Receiver<Arc<AuditRecord>> {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    /// Stops enforcement and joins the threads. Every mark is released.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.watcher.stop();
+        self.enforcer.stop();
+        self.guards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.active.set(0.0);
+        // The audit thread ends when the last queue sender (held by the
+        // enforcer) is gone.
+        if let Some(t) = self.audit_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Keeps `AuditQueue` reachable for the enforcer module.
+pub(crate) type Queue = AuditQueue;

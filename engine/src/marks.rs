@@ -1,0 +1,497 @@
+//! Turning a compiled policy into kernel marks.
+//!
+//! Marking plan for one guard instance (see docs/engine.md):
+//! - every directory under a rule whose subtree can need a decision gets a
+//!   permission mark with `FAN_EVENT_ON_CHILD | FAN_ONDIR`, so opens of its
+//!   entries, present and future, reach the engine; and a notification mark
+//!   (`FAN_CREATE | FAN_MOVED_TO`) so new subdirectories get marked too;
+//! - every existing file whose decision is deny (or audited) gets its own
+//!   inode mark, so the same file reached by another name (hard link, bind
+//!   mount, `/proc/<pid>/root`) is still decided;
+//! - every existing file that is allowed unconditionally gets an *ignore*
+//!   mark: the kernel answers its opens without asking user space;
+//! - `mountpoint: true` rules mark the whole mount instead.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use crate::enforce::{Entry, FileKey};
+use crate::engine::{EngineError, GuardReport, Runtime};
+use crate::policy::{Decision, Scratch, Verdict};
+use crate::sys::{self, fanotify};
+use crate::{Kind, KindSet};
+
+/// Events the watcher group asks for on guarded directories.
+const WATCH_MASK: u64 = libc::FAN_CREATE | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
+
+/// Pseudo filesystems a walk never descends into.
+const SKIP_FS: &[i64] = &[
+    0x9fa0,      // proc
+    0x6265_6572, // sysfs
+    0x0027_e0eb, // cgroup
+    0x6367_7270, // cgroup2
+    0x6462_6720, // debugfs
+    0x7472_6163, // tracefs
+    0x7363_6673, // securityfs
+];
+
+/// Creates the notification group that reports new directory entries.
+pub(crate) fn notification_group() -> std::io::Result<OwnedFd> {
+    let flags = libc::FAN_CLASS_NOTIF
+        | libc::FAN_CLOEXEC
+        | libc::FAN_NONBLOCK
+        | libc::FAN_UNLIMITED_QUEUE
+        | libc::FAN_UNLIMITED_MARKS
+        | libc::FAN_REPORT_DFID_NAME;
+    fanotify::init(flags, (libc::O_RDONLY | libc::O_CLOEXEC) as u32)
+}
+
+/// The outcome of a walk: decisions to hand to the enforcement thread and
+/// watched directories to hand to the watcher.
+#[derive(Debug, Default)]
+pub(crate) struct Walk {
+    pub entries: Vec<(FileKey, Entry)>,
+    /// (file handle, in-root path) of every watched directory.
+    pub dirs: Vec<(Vec<u8>, Arc<str>)>,
+    pub report: GuardReport,
+}
+
+struct FileRec {
+    host: CString,
+    path: Arc<str>,
+    decision: Decision,
+    birth: u64,
+    is_file: bool,
+    nlink: u32,
+}
+
+pub(crate) struct Walker<'a> {
+    rt: &'a Runtime,
+    notif: BorrowedFd<'a>,
+    scratch: Scratch<'a>,
+    files: HashMap<FileKey, FileRec>,
+    pub out: Walk,
+    seen: usize,
+    max: usize,
+    handle: Vec<u8>,
+}
+
+/// Marks everything a freshly applied guard instance needs.
+pub(crate) fn initial(
+    rt: &Runtime,
+    notif: BorrowedFd<'_>,
+    max: usize,
+) -> Result<Walk, EngineError> {
+    let mut w = Walker::new(rt, notif, max);
+    let policy = &rt.policy;
+    let mut starts: Vec<String> = Vec::new();
+    for (ri, rule) in policy.rules.iter().enumerate() {
+        let prefix = rule.pattern.literal_prefix();
+        let existing = deepest_existing(rt, &prefix);
+        if existing != prefix {
+            w.out.report.pending.push(rule.text.to_string());
+        }
+        if policy.subject_of(ri as u32).mountpoint {
+            w.mark_mount(&existing)?;
+            continue;
+        }
+        // Start at the parent so a rule path that is replaced (new inode) or
+        // created later is still seen through its directory.
+        let start = if existing == prefix {
+            parent(&prefix).to_string()
+        } else {
+            existing
+        };
+        starts.push(start);
+    }
+    starts.sort();
+    starts.dedup();
+    let roots: Vec<String> = starts
+        .iter()
+        .filter(|s| !starts.iter().any(|o| o != *s && is_under(s, o)))
+        .cloned()
+        .collect();
+    for start in roots {
+        w.walk(&start)?;
+    }
+    w.finish()?;
+    Ok(w.out)
+}
+
+/// Whether `path` is `dir` or below it.
+fn is_under(path: &str, dir: &str) -> bool {
+    dir == "/"
+        || path == dir
+        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
+fn parent(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        format!("/{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The deepest ancestor-or-self of `path` that exists as a directory (or
+/// `path` itself if it exists at all).
+fn deepest_existing(rt: &Runtime, path: &str) -> String {
+    if std::fs::symlink_metadata(rt.host_path(path)).is_ok() {
+        return path.to_string();
+    }
+    let mut p = path;
+    loop {
+        p = parent(p);
+        if p == "/" || rt.host_path(p).is_dir() {
+            return p.to_string();
+        }
+    }
+}
+
+impl<'a> Walker<'a> {
+    pub(crate) fn new(rt: &'a Runtime, notif: BorrowedFd<'a>, max: usize) -> Walker<'a> {
+        Walker {
+            rt,
+            notif,
+            scratch: Scratch::default(),
+            files: HashMap::new(),
+            out: Walk::default(),
+            seen: 0,
+            max,
+            handle: Vec::new(),
+        }
+    }
+
+    fn perm_mark(&self, flags: u32, mask: u64, host: &CString) -> std::io::Result<()> {
+        fanotify::mark(
+            self.rt.perm.as_fd(),
+            libc::FAN_MARK_ADD | flags,
+            mask,
+            None,
+            Some(host),
+        )
+    }
+
+    fn mark_mount(&mut self, path: &str) -> Result<(), EngineError> {
+        let host = self.rt.host_cpath(path).ok_or_else(|| bad_path(path))?;
+        let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_ONDIR;
+        self.perm_mark(libc::FAN_MARK_MOUNT, mask, &host)
+            .map_err(|e| EngineError::io(format!("mark mount of {path}"), e))?;
+        self.out.report.marks += 1;
+        self.rt.add_marks(1);
+        Ok(())
+    }
+
+    /// Walks directory `start` (in-root path) and everything below it that
+    /// can need a decision, marking directories and collecting files.
+    pub(crate) fn walk(&mut self, start: &str) -> Result<(), EngineError> {
+        let mut stack = vec![start.to_string()];
+        while let Some(dir) = stack.pop() {
+            if !self
+                .rt
+                .policy
+                .needs_events_at_or_below(dir.as_bytes(), &mut self.scratch)
+            {
+                continue;
+            }
+            let Some(host) = self.rt.host_cpath(&dir) else {
+                continue;
+            };
+            let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            if !id.is_dir {
+                continue;
+            }
+            self.count(&dir)?;
+            let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDIR;
+            self.perm_mark(0, mask, &host)
+                .map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
+            self.out.report.marks += 1;
+            self.rt.add_marks(1);
+            self.watch_dir(&dir, &host);
+            let path: Arc<str> = Arc::from(dir.as_str());
+            let decision = self
+                .rt
+                .policy
+                .decide(dir.as_bytes(), true, &mut self.scratch);
+            self.out.entries.push((
+                FileKey {
+                    dev: id.dev,
+                    ino: id.ino,
+                },
+                Entry {
+                    path,
+                    birth: id.birth,
+                    is_dir: true,
+                    decision,
+                },
+            ));
+            let entries = match std::fs::read_dir(self.rt.host_path(&dir)) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.out
+                        .report
+                        .warnings
+                        .push(format!("cannot list {dir}: {e}"));
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let Ok(ft) = entry.file_type() else { continue };
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    self.out
+                        .report
+                        .warnings
+                        .push(format!("skipping non-UTF-8 name in {dir}"));
+                    continue;
+                };
+                let child = join(&dir, name);
+                if ft.is_dir() {
+                    let child_host = entry.path();
+                    if let Ok(cid) = CString::new(child_host.as_os_str().as_bytes())
+                        .map_err(|_| ())
+                        .and_then(|c| {
+                            sys::statx_at(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)
+                                .map_err(|_| ())
+                        })
+                        && cid.dev != id.dev
+                        && is_pseudo_fs(&child_host)
+                    {
+                        continue;
+                    }
+                    stack.push(child);
+                } else if !ft.is_symlink() {
+                    self.collect_file(&child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, at: &str) -> Result<(), EngineError> {
+        self.seen += 1;
+        if self.seen > self.max {
+            return Err(EngineError::TooLarge {
+                guard: self.rt.info.guard.clone(),
+                path: at.to_string(),
+                limit: self.max,
+            });
+        }
+        Ok(())
+    }
+
+    fn watch_dir(&mut self, dir: &str, host: &CString) {
+        if let Err(e) = fanotify::mark(self.notif, libc::FAN_MARK_ADD, WATCH_MASK, None, Some(host))
+        {
+            self.out
+                .report
+                .warnings
+                .push(format!("new entries in {dir} will not be noticed: {e}"));
+            metrics::counter!(crate::metrics::ERRORS, "op" => "watch").increment(1);
+            return;
+        }
+        match fanotify::handle_of(self.notif, host, &mut self.handle) {
+            Ok(()) => {
+                self.out.dirs.push((self.handle.clone(), Arc::from(dir)));
+                self.out.report.watched_dirs += 1;
+            }
+            Err(e) => self
+                .out
+                .report
+                .warnings
+                .push(format!("no file handle for {dir}: {e}")),
+        }
+    }
+
+    /// Records a file's decision; a file seen under several names keeps the
+    /// strictest decision per kind (deny wins).
+    pub(crate) fn collect_file(&mut self, path: &str) -> Result<(), EngineError> {
+        self.count(path)?;
+        let Some(host) = self.rt.host_cpath(path) else {
+            return Ok(());
+        };
+        let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
+            return Ok(());
+        };
+        let decision = self
+            .rt
+            .policy
+            .decide(path.as_bytes(), false, &mut self.scratch);
+        let key = FileKey {
+            dev: id.dev,
+            ino: id.ino,
+        };
+        match self.files.get_mut(&key) {
+            Some(rec) => rec.decision = merge_deny_wins(&self.rt.policy, rec.decision, decision),
+            None => {
+                self.files.insert(
+                    key,
+                    FileRec {
+                        host,
+                        path: Arc::from(path),
+                        decision,
+                        birth: id.birth,
+                        is_file: id.is_file,
+                        nlink: id.nlink,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Places the marks for collected files.
+    pub(crate) fn finish(&mut self) -> Result<(), EngineError> {
+        let policy = &self.rt.policy;
+        for (key, rec) in self.files.drain() {
+            let (needs, cacheable) = classify(policy, &rec.decision);
+            if !needs.is_empty() {
+                // Drop an ignore mark a previous name may have left.
+                let _ = fanotify::mark(
+                    self.rt.perm.as_fd(),
+                    libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORED_MASK,
+                    KindSet::ALL.fan_mask(),
+                    None,
+                    Some(&rec.host),
+                );
+                fanotify::mark(
+                    self.rt.perm.as_fd(),
+                    libc::FAN_MARK_ADD,
+                    needs.fan_mask(),
+                    None,
+                    Some(&rec.host),
+                )
+                .map_err(|e| EngineError::io(format!("mark file {}", rec.path), e))?;
+                self.out.report.marks += 1;
+                self.rt.add_marks(1);
+            } else if rec.is_file && rec.nlink == 1 && !cacheable.is_empty() {
+                // Only files with a single name are cached: another name may
+                // carry a stricter decision this walk did not see.
+                let flags = libc::FAN_MARK_ADD
+                    | libc::FAN_MARK_IGNORED_MASK
+                    | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+                if fanotify::mark(
+                    self.rt.perm.as_fd(),
+                    flags,
+                    cacheable.fan_mask(),
+                    None,
+                    Some(&rec.host),
+                )
+                .is_ok()
+                {
+                    self.out.report.cached += 1;
+                }
+            }
+            self.out.entries.push((
+                key,
+                Entry {
+                    path: rec.path,
+                    birth: rec.birth,
+                    is_dir: false,
+                    decision: rec.decision,
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Kinds that need user space for this object (deny or audited), and kinds
+/// the kernel may answer alone (allowed, not audited).
+pub(crate) fn classify(policy: &crate::policy::Policy, d: &Decision) -> (KindSet, KindSet) {
+    let mut needs = KindSet::EMPTY;
+    let mut cacheable = KindSet::EMPTY;
+    for kind in policy.kinds.iter() {
+        match d.rule(kind) {
+            None => cacheable.insert(kind),
+            Some(r) => {
+                let rule = policy.rule(r);
+                if rule.verdict == Verdict::Deny || policy.subject_of(r).audit {
+                    needs.insert(kind);
+                } else {
+                    cacheable.insert(kind);
+                }
+            }
+        }
+    }
+    (needs, cacheable)
+}
+
+/// Merges the decisions of two names of one file: per kind, a denying rule
+/// wins; otherwise the first decision's rule (or the second's if the first
+/// has none).
+pub(crate) fn merge_deny_wins(
+    policy: &crate::policy::Policy,
+    a: Decision,
+    b: Decision,
+) -> Decision {
+    let mut out = a;
+    for kind in Kind::ALL {
+        let denies = |r: Option<u32>| r.is_some_and(|r| policy.rule(r).verdict == Verdict::Deny);
+        let pick = if denies(a.rule(kind)) {
+            a.rule(kind)
+        } else if denies(b.rule(kind)) {
+            b.rule(kind)
+        } else {
+            a.rule(kind).or(b.rule(kind))
+        };
+        out.set_rule(kind, pick);
+    }
+    out
+}
+
+fn is_pseudo_fs(path: &std::path::Path) -> bool {
+    match std::fs::File::open(path) {
+        Ok(f) => {
+            use std::os::fd::AsRawFd;
+            sys::fs_magic(f.as_raw_fd())
+                .map(|m| SKIP_FS.contains(&m))
+                .unwrap_or(false)
+        }
+        Err(_) => false,
+    }
+}
+
+fn bad_path(path: &str) -> EngineError {
+    EngineError::io(
+        format!("path {path:?}"),
+        std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    )
+}
+
+/// What the watcher does with a new entry `name` in watched directory `dir`.
+pub(crate) fn on_new_entry(
+    rt: &Runtime,
+    notif: BorrowedFd<'_>,
+    dir: &str,
+    name: &str,
+    max: usize,
+) -> Result<Walk, EngineError> {
+    let mut w = Walker::new(rt, notif, max);
+    let path = join(dir, name);
+    let Some(host) = rt.host_cpath(&path) else {
+        return Ok(w.out);
+    };
+    let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
+        return Ok(w.out);
+    };
+    if id.is_dir {
+        w.walk(&path)?;
+    } else {
+        w.collect_file(&path)?;
+    }
+    w.finish()?;
+    Ok(w.out)
+}

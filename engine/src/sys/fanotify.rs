@@ -1,0 +1,89 @@
+//! fanotify groups and marks.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+/// Creates a fanotify group. `flags` are `FAN_*` init flags; the event fds it
+/// hands out are opened with `event_f_flags`.
+pub fn init(flags: u32, event_f_flags: u32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; the result is checked and owned.
+    let fd = unsafe { libc::fanotify_init(flags, event_f_flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(super::own_fd(fd))
+}
+
+/// `fanotify_mark(group, flags, mask, dirfd, path)`. With `path` `None` the
+/// object is `dirfd` itself; with `dirfd` `None` a path is taken relative to
+/// the working directory.
+pub fn mark(
+    group: BorrowedFd<'_>,
+    flags: u32,
+    mask: u64,
+    dirfd: Option<BorrowedFd<'_>>,
+    path: Option<&CStr>,
+) -> io::Result<()> {
+    let dirfd = dirfd.map_or(libc::AT_FDCWD, |f| f.as_raw_fd());
+    let path_ptr = path.map_or(std::ptr::null(), |p| p.as_ptr());
+    // SAFETY: `path_ptr` is NULL or a NUL-terminated string that outlives
+    // the call; the fds are borrowed, so they stay open for its duration.
+    let rc = unsafe { libc::fanotify_mark(group.as_raw_fd(), flags, mask, dirfd, path_ptr) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `fanotify_mark` on an fd we only have as a raw number (an event fd that
+/// the enforcement loop owns and closes later).
+pub fn mark_raw_fd(group: BorrowedFd<'_>, flags: u32, mask: u64, fd: i32) -> io::Result<()> {
+    // SAFETY: the caller holds `fd` open for the duration of this call (it
+    // is an event fd owned by the enforcement loop until it is closed after
+    // its response); the path is NULL so the object is `fd` itself.
+    let rc = unsafe { libc::fanotify_mark(group.as_raw_fd(), flags, mask, fd, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Encodes the file handle of `path` relative to `dirfd` (as fanotify
+/// reports it with `FAN_REPORT_DFID_NAME`): `handle_type` (native endian)
+/// followed by the handle bytes.
+pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::Result<()> {
+    const MAX: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; MAX],
+    }
+    let mut h = Handle {
+        bytes: MAX as u32,
+        kind: 0,
+        data: [0; MAX],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `h` has the `struct file_handle` layout with room for MAX
+    // bytes of handle as announced in `bytes`; `path` is NUL-terminated;
+    // `mount_id` is a valid out-pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            (&mut h as *mut Handle).cast::<libc::c_void>(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    out.clear();
+    out.extend_from_slice(&h.kind.to_ne_bytes());
+    out.extend_from_slice(&h.data[..(h.bytes as usize).min(MAX)]);
+    Ok(())
+}

@@ -1,0 +1,199 @@
+//! Every system call the engine makes that needs `unsafe`, each wrapped in a
+//! small safe function. Nothing outside this module uses `unsafe`.
+//!
+//! Kept deliberately thin: no policy, no state, only "call the kernel and
+//! turn the result into an `io::Result`".
+#![allow(unsafe_code)]
+
+pub mod fanotify;
+pub mod uring;
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Identity of a file object: device, inode, and birth (or change) time so
+/// that a reused inode number is not mistaken for the file it replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    /// `st_dev`.
+    pub dev: u64,
+    /// `st_ino`.
+    pub ino: u64,
+    /// Birth time in ns when the filesystem reports it, else 0.
+    pub birth: u64,
+    /// Whether the object is a directory.
+    pub is_dir: bool,
+    /// Whether the object is a regular file.
+    pub is_file: bool,
+    /// Hard link count.
+    pub nlink: u32,
+}
+
+/// `statx(fd, "", AT_EMPTY_PATH)`: the identity of an open file.
+pub fn file_id(fd: RawFd) -> io::Result<FileId> {
+    statx_at(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`, or of a path when `dirfd` is
+/// `AT_FDCWD`.
+pub fn statx_at(dirfd: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<FileId> {
+    // SAFETY: `statx` is plain-old-data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_NLINK | libc::STATX_BTIME;
+    // SAFETY: `name` is NUL-terminated and outlives the call; `stx` is a
+    // valid, exclusively borrowed out-buffer of the right type.
+    let rc = unsafe { libc::statx(dirfd, name.as_ptr(), flags, mask, &mut stx) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let birth = if stx.stx_mask & libc::STATX_BTIME != 0 {
+        (stx.stx_btime.tv_sec as u64).wrapping_mul(1_000_000_000) + stx.stx_btime.tv_nsec as u64
+    } else {
+        0
+    };
+    let fmt = u32::from(stx.stx_mode) & libc::S_IFMT;
+    Ok(FileId {
+        dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+        ino: stx.stx_ino,
+        birth,
+        is_dir: fmt == libc::S_IFDIR,
+        is_file: fmt == libc::S_IFREG,
+        nlink: stx.stx_nlink,
+    })
+}
+
+/// Reads the path of an open fd (`/proc/self/fd/N`) into `buf` without
+/// allocating; returns the length. A path longer than `buf` is an error.
+pub fn fd_path(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let mut link = [0u8; 32];
+    let prefix = b"/proc/self/fd/";
+    link[..prefix.len()].copy_from_slice(prefix);
+    let mut n = prefix.len();
+    let mut digits = [0u8; 12];
+    let mut v = fd as u32;
+    let mut d = 0;
+    loop {
+        digits[d] = b'0' + (v % 10) as u8;
+        d += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in (0..d).rev() {
+        link[n] = digits[i];
+        n += 1;
+    }
+    link[n] = 0;
+    // SAFETY: `link` is NUL-terminated at `n`; `buf` is a valid writable
+    // region of `buf.len()` bytes for the duration of the call.
+    let rc = unsafe { libc::readlink(link.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = rc as usize;
+    if len == buf.len() {
+        return Err(io::Error::other("path longer than buffer"));
+    }
+    Ok(len)
+}
+
+/// Takes ownership of an fd the kernel handed us (e.g. in a fanotify event).
+pub fn own_fd(fd: RawFd) -> OwnedFd {
+    // SAFETY: called only for fds that the kernel just installed in our fd
+    // table on our behalf (fanotify event fds), which nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A non-blocking, close-on-exec eventfd, used to wake a thread that sleeps
+/// in the kernel.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: no pointers involved; the returned fd is checked and owned.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(own_fd(fd))
+}
+
+/// Adds 1 to an eventfd's counter.
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid local.
+    let rc = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        // EAGAIN: the counter is saturated, the reader will wake anyway.
+        if e.raw_os_error() != Some(libc::EAGAIN) {
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Non-blocking `read(2)` into `buf`.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
+    let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `writev(2)` of `count` consecutive `chunk`-sized pieces of `data`, one
+/// iovec each. fanotify applies one response per iovec.
+pub fn writev_chunks(
+    fd: RawFd,
+    data: &[u8],
+    chunk: usize,
+    iov: &mut Vec<libc::iovec>,
+) -> io::Result<usize> {
+    iov.clear();
+    for piece in data.chunks(chunk) {
+        iov.push(libc::iovec {
+            iov_base: piece.as_ptr() as *mut _,
+            iov_len: piece.len(),
+        });
+    }
+    // SAFETY: every iovec points into `data`, which is borrowed for the call.
+    let rc = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc as usize)
+    }
+}
+
+/// `poll(2)` on `fds` (events POLLIN); returns how many are ready.
+pub fn poll_in(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a valid, exclusively borrowed array of pollfd.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(rc as usize)
+}
+
+/// `statfs(2)` filesystem magic of the file at `fd`.
+pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
+    // SAFETY: plain-old-data out-struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer for the call.
+    let rc = unsafe { libc::fstatfs(fd, &mut st) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// The process id of the calling process (the thread group id).
+pub fn getpid() -> u32 {
+    std::process::id()
+}

@@ -1,0 +1,185 @@
+//! The watcher thread: notices new entries (created, linked or moved in) in
+//! guarded directories and extends the marks to them, so that directories
+//! created after a guard started are guarded too, and a file that appears
+//! under a denied name gets its own inode mark.
+//!
+//! It runs apart from the enforcement thread because marking walks the
+//! filesystem, which can block; the enforcement thread never waits on it.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::enforce::{EntryBatch, EntrySender};
+use crate::engine::{EngineError, Runtime};
+use crate::event;
+use crate::marks;
+use crate::sys;
+
+/// Largest subtree the watcher walks for one new directory.
+const MAX_NEW_WALK: usize = 1_000_000;
+
+enum Command {
+    Add(u64, Arc<Runtime>, OwnedFd, Vec<(Vec<u8>, Arc<str>)>),
+    Remove(u64, Sender<()>),
+    Stop,
+}
+
+struct WatchSet {
+    rt: Arc<Runtime>,
+    notif: OwnedFd,
+    /// Directory file handle -> path inside the root.
+    dirs: HashMap<Vec<u8>, Arc<str>>,
+}
+
+/// Handle to the watcher thread.
+#[derive(Debug)]
+pub(crate) struct Watcher {
+    tx: Sender<Command>,
+    wake: Arc<OwnedFd>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watcher {
+    pub fn start(entries: EntrySender) -> Result<Watcher, EngineError> {
+        let wake = Arc::new(sys::eventfd().map_err(|e| EngineError::io("eventfd", e))?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = wake.clone();
+        let thread = std::thread::Builder::new()
+            .name("janus-watch".into())
+            .spawn(move || run(rx, w, entries))
+            .map_err(|e| EngineError::io("spawn watcher thread", e))?;
+        Ok(Watcher {
+            tx,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.tx.send(cmd).map_err(|_| EngineError::Stopped)?;
+        sys::eventfd_signal(self.wake.as_fd()).map_err(|e| EngineError::io("wake watcher", e))
+    }
+
+    pub fn add(
+        &self,
+        serial: u64,
+        rt: Arc<Runtime>,
+        notif: OwnedFd,
+        dirs: Vec<(Vec<u8>, Arc<str>)>,
+    ) -> Result<(), EngineError> {
+        self.send(Command::Add(serial, rt, notif, dirs))
+    }
+
+    /// Stops watching for `serial`; returns once its group is closed.
+    pub fn remove(&self, serial: u64) -> Result<(), EngineError> {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        self.send(Command::Remove(serial, ack))?;
+        done.recv().map_err(|_| EngineError::Stopped)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
+    let mut sets: HashMap<u64, WatchSet> = HashMap::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pollfds = Vec::new();
+    let mut serials = Vec::new();
+    let mut key = Vec::new();
+    loop {
+        pollfds.clear();
+        serials.clear();
+        pollfds.push(libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        for (serial, set) in &sets {
+            pollfds.push(libc::pollfd {
+                fd: set.notif.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            serials.push(*serial);
+        }
+        if sys::poll_in(&mut pollfds, -1).is_err() {
+            continue;
+        }
+        if pollfds[0].revents != 0 {
+            let mut b = [0u8; 8];
+            let _ = sys::read(wake.as_raw_fd(), &mut b);
+            while let Ok(cmd) = rx.try_recv() {
+                match cmd {
+                    Command::Add(serial, rt, notif, dirs) => {
+                        sets.insert(
+                            serial,
+                            WatchSet {
+                                rt,
+                                notif,
+                                dirs: dirs.into_iter().collect(),
+                            },
+                        );
+                    }
+                    Command::Remove(serial, ack) => {
+                        sets.remove(&serial);
+                        let _ = ack.send(());
+                    }
+                    Command::Stop => return,
+                }
+            }
+        }
+        for (i, serial) in serials.iter().enumerate() {
+            if pollfds[i + 1].revents == 0 {
+                continue;
+            }
+            let Some(set) = sets.get_mut(serial) else {
+                continue;
+            };
+            let Ok(n) = sys::read(set.notif.as_raw_fd(), &mut buf) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            for (ev, info) in event::events(&buf[..n]) {
+                if ev.fd >= 0 {
+                    drop(sys::own_fd(ev.fd));
+                }
+                let Some(d) = event::dir_entry_info(info) else {
+                    continue;
+                };
+                key.clear();
+                key.extend_from_slice(&d.handle_type.to_ne_bytes());
+                key.extend_from_slice(d.handle);
+                let (Some(dir), Ok(name)) = (set.dirs.get(&key), std::str::from_utf8(d.name))
+                else {
+                    continue;
+                };
+                found.push((dir.clone(), name.to_string()));
+            }
+            for (dir, name) in found {
+                match marks::on_new_entry(&set.rt, set.notif.as_fd(), &dir, &name, MAX_NEW_WALK) {
+                    Ok(walk) => {
+                        set.dirs.extend(walk.dirs);
+                        if !walk.entries.is_empty() {
+                            let _ = entries.send(EntryBatch {
+                                serial: *serial,
+                                entries: walk.entries,
+                            });
+                        }
+                    }
+                    Err(e) => {
+                        metrics::counter!(crate::metrics::ERRORS, "op" => "new_entry").increment(1);
+                        tracing::warn!(guard = %set.rt.info.guard, dir = %dir, name = %name, error = %e, "cannot guard new entry");
+                    }
+                }
+            }
+        }
+    }
+}

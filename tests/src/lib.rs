@@ -1,0 +1,146 @@
+//! Helpers shared by the end-to-end tests: a real "other process" to open
+//! files with (`janus-probe`), temporary guarded directories, and checks that
+//! fail loudly when the machine cannot run a test (not root, no fanotify).
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the probe binary built with this package: next to the test
+/// executable's `deps/` directory (cargo builds it for integration tests).
+pub fn probe_bin() -> std::path::PathBuf {
+    target_bin("janus-probe")
+}
+
+/// A binary of this workspace in the same target directory as the running
+/// test (`target/<profile>/NAME`).
+pub fn target_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} not built; run the tests through cargo test --workspace",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test with a clear message unless running as root.
+pub fn require_root() {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+            })
+        });
+    assert_eq!(
+        uid,
+        Some(0),
+        "this test needs root (fanotify permission events need CAP_SYS_ADMIN); run it with sudo or as root"
+    );
+}
+
+/// Runs `janus-probe OP PATH` in a separate process and returns its result
+/// word (`ok`, `EPERM`, ...). The probe kills itself after 30 s.
+pub fn probe(op: &str, path: impl AsRef<Path>) -> String {
+    let out = Command::new(probe_bin())
+        .arg(op)
+        .arg(path.as_ref())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run janus-probe");
+    assert!(
+        out.status.code() != Some(99),
+        "janus-probe hung (watchdog): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Repeats `probe` until it returns `want` or `timeout` passes; returns the
+/// last result. For effects that a background thread applies (new
+/// directories are marked by the watcher a moment after they appear).
+pub fn probe_until(op: &str, path: impl AsRef<Path>, want: &str, timeout: Duration) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        let got = probe(op, path.as_ref());
+        if got == want || Instant::now() > end {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Writes `contents` to `path`, creating parent directories.
+pub fn write(path: impl AsRef<Path>, contents: &str) {
+    let path = path.as_ref();
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create parent");
+    }
+    std::fs::write(path, contents).expect("write file");
+}
+
+/// Counts fanotify groups held by process `pid`.
+pub fn fanotify_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path())
+                        .is_ok_and(|l| l.to_string_lossy().contains("fanotify"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Inode numbers that fanotify groups held by process `pid` have marks on
+/// (from `/proc/<pid>/fdinfo`).
+pub fn marked_inodes(pid: u32) -> std::collections::HashSet<u64> {
+    let mut out = std::collections::HashSet::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            if let Some(rest) = line.strip_prefix("fanotify ino:")
+                && let Some(hex) = rest.split_whitespace().next()
+                && let Ok(ino) = u64::from_str_radix(hex, 16)
+            {
+                out.insert(ino);
+            }
+        }
+    }
+    out
+}
+
+/// Inode numbers of `dir` and everything below it.
+pub fn inodes_under(dir: &Path) -> Vec<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        out.push(m.ino());
+        if m.is_dir()
+            && let Ok(rd) = std::fs::read_dir(&p)
+        {
+            stack.extend(rd.flatten().map(|e| e.path()));
+        }
+    }
+    out
+}

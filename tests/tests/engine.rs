@@ -1,0 +1,556 @@
+//! The engine against real fanotify, as root. Openers are separate processes
+//! (`janus-probe`): the engine always allows its own process. Every probe has
+//! a watchdog, and dropping an `Engine` closes its groups, which releases any
+//! waiting opener, so a failing test cannot hang the machine.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use janus_engine::audit::AuditRecord;
+use janus_engine::policy::Policy;
+use janus_engine::spec::GuardManifest;
+use janus_engine::{Backend, Engine, EngineConfig, GuardReport, GuardTarget, TargetInfo};
+use janus_tests::{probe, probe_until, require_root, write};
+
+const T: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl Write for SharedBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Fx {
+    dir: tempfile::TempDir,
+    engine: Engine,
+    records: crossbeam_channel::Receiver<Arc<AuditRecord>>,
+    lines: SharedBuf,
+}
+
+impl Fx {
+    fn new(backend: Backend) -> Fx {
+        require_root();
+        let dir = tempfile::Builder::new()
+            .prefix("janus-test-")
+            .tempdir()
+            .expect("tempdir");
+        let lines = SharedBuf::default();
+        let engine = Engine::start(EngineConfig {
+            backend: Some(backend),
+            audit_out: Some(Box::new(lines.clone())),
+            ..Default::default()
+        })
+        .expect("start engine (needs root and fanotify)");
+        assert_eq!(engine.backend(), backend);
+        let records = engine.subscribe(4096);
+        Fx {
+            dir,
+            engine,
+            records,
+            lines,
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel.trim_start_matches('/'))
+    }
+
+    fn d(&self) -> &str {
+        self.dir.path().to_str().unwrap()
+    }
+
+    /// Applies a guard whose `spec` is `spec` with `{D}` replaced by the
+    /// test directory.
+    fn apply_with(&self, id: &str, spec: &str, owners: Vec<u32>) -> GuardReport {
+        let yaml = format!(
+            "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata:\n  name: {id}\nspec:\n{}",
+            spec.replace("{D}", self.d())
+        );
+        let m = GuardManifest::parse_all(&yaml)
+            .unwrap_or_else(|e| panic!("bad test guard: {e}\n{yaml}"))
+            .remove(0);
+        let policy = Arc::new(Policy::compile(&m.spec).expect("compile"));
+        self.engine
+            .apply(GuardTarget {
+                id: id.to_string(),
+                info: TargetInfo {
+                    guard: m.qualified_name(),
+                    namespace: "default".into(),
+                    node: "test-node".into(),
+                    ..Default::default()
+                },
+                policy,
+                root: "/".into(),
+                owner_pids: owners,
+            })
+            .expect("apply guard")
+    }
+
+    fn apply(&self, id: &str, spec: &str) -> GuardReport {
+        self.apply_with(id, spec, Vec::new())
+    }
+
+    /// The next audit record for `path` (skipping others).
+    fn record_for(&self, path: &Path) -> AuditRecord {
+        let want = path.to_str().unwrap();
+        let end = std::time::Instant::now() + T;
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.records.recv_timeout(left) {
+                Ok(r) if r.path == want => return (*r).clone(),
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+        panic!("no audit record for {want}");
+    }
+}
+
+fn both(test: impl Fn(Backend)) {
+    test(Backend::IoUring);
+    test(Backend::Plain);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn allow_and_deny_with_audit_record() {
+    both(|b| {
+        let fx = Fx::new(b);
+        write(fx.p("secret"), "s");
+        write(fx.p("public"), "p");
+        let report = fx.apply(
+            "basic",
+            "  subjects:\n  - deny: [\"{D}/secret\"]\n    tags: {team: red}\n",
+        );
+        assert!(report.marks >= 2, "{report:?}");
+        assert_eq!(probe("open", fx.p("secret")), "EPERM", "{b:?}");
+        assert_eq!(probe("open", fx.p("public")), "ok", "{b:?}");
+        let r = fx.record_for(&fx.p("secret"));
+        assert_eq!(r.decision, "deny");
+        assert_eq!(r.event, "open");
+        assert_eq!(r.guard, "default/basic");
+        assert_eq!(r.node, "test-node");
+        assert_eq!(r.mode, "enforce");
+        assert_eq!(r.process.as_deref(), Some("janus-probe"));
+        assert!(
+            r.executable
+                .as_deref()
+                .is_some_and(|e| e.ends_with("janus-probe")),
+            "{r:?}"
+        );
+        assert_eq!(r.uid, Some(0));
+        assert_eq!(
+            r.rule.as_deref(),
+            Some(format!("deny {}/secret", fx.d()).as_str())
+        );
+        assert_eq!(r.tags.get("team").map(String::as_str), Some("red"));
+        // JSON lines were written too.
+        std::thread::sleep(Duration::from_millis(100));
+        let text = String::from_utf8(fx.lines.0.lock().unwrap().clone()).unwrap();
+        let first: AuditRecord =
+            serde_json::from_str(text.lines().next().expect("a line")).expect("JSON line");
+        assert_eq!(first.decision, "deny");
+        fx.engine.remove("basic").unwrap();
+        assert_eq!(
+            probe("open", fx.p("secret")),
+            "ok",
+            "removed guard still enforced"
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn recursion_and_entries_created_after_start() {
+    both(|b| {
+        let fx = Fx::new(b);
+        write(fx.p("tree/a/b/c/deep"), "x");
+        write(fx.p("outside"), "x");
+        fx.apply("rec", "  subjects:\n  - deny: [\"{D}/tree\"]\n");
+        assert_eq!(probe("open", fx.p("tree/a/b/c/deep")), "EPERM");
+        assert_eq!(probe("list", fx.p("tree/a")), "EPERM");
+        assert_eq!(probe("open", fx.p("outside")), "ok");
+        // A file created in a guarded directory is denied at once.
+        write(fx.p("tree/a/new-file"), "x");
+        assert_eq!(probe("open", fx.p("tree/a/new-file")), "EPERM");
+        // A directory tree created after start is marked by the watcher.
+        write(fx.p("tree/a/newdir/sub/f"), "x");
+        assert_eq!(
+            probe_until("open", fx.p("tree/a/newdir/sub/f"), "EPERM", T),
+            "EPERM"
+        );
+        // A tree moved in from outside is guarded too.
+        write(fx.p("staging/x/moved"), "x");
+        std::fs::rename(fx.p("staging"), fx.p("tree/staging")).unwrap();
+        assert_eq!(
+            probe_until("open", fx.p("tree/staging/x/moved"), "EPERM", T),
+            "EPERM"
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn paths_created_after_start() {
+    let fx = Fx::new(Backend::IoUring);
+    std::fs::create_dir_all(fx.p("base")).unwrap();
+    let report = fx.apply(
+        "later",
+        "  subjects:\n  - deny: [\"{D}/base/later/secret\", \"{D}/base/file.key\"]\n",
+    );
+    assert_eq!(report.pending.len(), 2, "{report:?}");
+    write(fx.p("base/file.key"), "k");
+    assert_eq!(probe("open", fx.p("base/file.key")), "EPERM");
+    std::fs::create_dir_all(fx.p("base/later")).unwrap();
+    write(fx.p("base/later/secret"), "s");
+    assert_eq!(
+        probe_until("open", fx.p("base/later/secret"), "EPERM", T),
+        "EPERM"
+    );
+    write(fx.p("base/later/other"), "o");
+    assert_eq!(probe("open", fx.p("base/later/other")), "ok");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn patterns_and_precedence() {
+    both(|b| {
+        let fx = Fx::new(b);
+        for f in [
+            "data/x/y/z.key",
+            "data/x/y/z.txt",
+            "data/top.key",
+            "data/public/a.key",
+            "data/public/a.txt",
+            "tie/f",
+            "star/one/f",
+            "star/two/f",
+        ] {
+            write(fx.p(f), "x");
+        }
+        fx.apply(
+            "pat",
+            "  subjects:\n  - deny: [\"{D}/data/**/*.key\", \"{D}/tie\", \"{D}/star/*/f\"]\n    allow: [\"{D}/data/public/a.key\", \"{D}/tie\", \"{D}/star/two\"]\n",
+        );
+        assert_eq!(probe("open", fx.p("data/x/y/z.key")), "EPERM");
+        assert_eq!(probe("open", fx.p("data/top.key")), "EPERM");
+        assert_eq!(probe("open", fx.p("data/x/y/z.txt")), "ok");
+        assert_eq!(probe("open", fx.p("data/public/a.txt")), "ok");
+        // More specific allow beats the pattern deny.
+        assert_eq!(probe("open", fx.p("data/public/a.key")), "ok");
+        // Tie: deny wins.
+        assert_eq!(probe("open", fx.p("tie/f")), "EPERM");
+        // `*` within one component; /star/*/f (3 components) beats /star/two (2).
+        assert_eq!(probe("open", fx.p("star/one/f")), "EPERM");
+        assert_eq!(probe("open", fx.p("star/two/f")), "EPERM");
+        // A file appearing later under a denied pattern.
+        write(fx.p("data/x/late.key"), "x");
+        assert_eq!(probe("open", fx.p("data/x/late.key")), "EPERM");
+        // Repeated opens of an allowed file stay allowed (kernel cache).
+        for _ in 0..3 {
+            assert_eq!(probe("open", fx.p("data/x/y/z.txt")), "ok");
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn only_dir_guards_directories_not_files() {
+    let fx = Fx::new(Backend::IoUring);
+    write(fx.p("dirs/sub/file"), "x");
+    fx.apply(
+        "od",
+        "  subjects:\n  - deny: [\"{D}/dirs\"]\n    onlyDir: true\n",
+    );
+    assert_eq!(probe("list", fx.p("dirs")), "EPERM");
+    assert_eq!(probe("list", fx.p("dirs/sub")), "EPERM");
+    assert_eq!(probe("open", fx.p("dirs/sub/file")), "ok");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn each_event_kind() {
+    both(|b| {
+        let fx = Fx::new(b);
+        write(fx.p("o/f"), "x");
+        write(fx.p("a/f"), "x");
+        std::fs::create_dir_all(fx.p("e")).unwrap();
+        std::fs::copy("/bin/true", fx.p("e/true")).unwrap();
+        std::fs::copy("/bin/true", fx.p("o/true")).unwrap();
+        fx.apply(
+            "kinds",
+            "  subjects:\n  - deny: [\"{D}/o\"]\n    events: [open]\n  - deny: [\"{D}/a\"]\n    events: [access]\n  - deny: [\"{D}/e\"]\n    events: [exec]\n",
+        );
+        assert_eq!(probe("open", fx.p("o/f")), "EPERM");
+        // access: opening works, reading does not.
+        assert_eq!(probe("open", fx.p("a/f")), "ok");
+        assert_eq!(probe("read", fx.p("a/f")), "EPERM");
+        // exec: the file can be opened and read, not executed.
+        assert_eq!(probe("read", fx.p("e/true")), "ok");
+        assert_eq!(probe("exec", fx.p("e/true")), "EPERM");
+        let r = fx.record_for(&fx.p("e/true"));
+        assert_eq!(r.event, "exec");
+        // An exec also opens the file, so `open` rules cover execs.
+        assert_eq!(probe("exec", fx.p("o/true")), "EPERM");
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn auto_allow_owner_allows_only_the_owner_tree() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let fx = Fx::new(Backend::IoUring);
+    write(fx.p("own/f"), "x");
+    let mut owner = Command::new(janus_tests::probe_bin())
+        .args(["owner", fx.p("own/f").to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    fx.apply_with(
+        "owner",
+        "  subjects:\n  - deny: [\"{D}/own\"]\n    autoAllowOwner: true\n",
+        vec![owner.id()],
+    );
+    writeln!(owner.stdin.as_mut().unwrap(), "go").unwrap();
+    let mut line = String::new();
+    BufReader::new(owner.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    owner.wait().unwrap();
+    assert_eq!(line.trim(), "ok ok", "owner and its child must be allowed");
+    assert_eq!(
+        probe("open", fx.p("own/f")),
+        "EPERM",
+        "a process outside the owner's tree must be denied"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn audit_mode_and_audited_allows() {
+    let fx = Fx::new(Backend::IoUring);
+    write(fx.p("s/f"), "x");
+    write(fx.p("logged/f"), "x");
+    fx.apply(
+        "aud",
+        "  mode: Audit\n  logFormat: \"<{response}> {event} {ftype} '{path}' ({pod}:{node}) {tags}\"\n  subjects:\n  - deny: [\"{D}/s\"]\n    tags: {k: v}\n  - allow: [\"{D}/logged\"]\n    audit: true\n",
+    );
+    assert_eq!(probe("open", fx.p("s/f")), "ok", "Audit mode must not deny");
+    let r = fx.record_for(&fx.p("s/f"));
+    assert_eq!(
+        (r.decision.as_str(), r.mode.as_str()),
+        ("would-deny", "audit")
+    );
+    assert_eq!(probe("open", fx.p("logged/f")), "ok");
+    let r = fx.record_for(&fx.p("logged/f"));
+    assert_eq!(r.decision, "allow");
+    std::thread::sleep(Duration::from_millis(100));
+    let text = String::from_utf8(fx.lines.0.lock().unwrap().clone()).unwrap();
+    let want = format!(
+        "<WOULD-DENY> open file '{}' (:test-node) k:v",
+        fx.p("s/f").display()
+    );
+    assert!(
+        text.lines().any(|l| l == want),
+        "missing {want:?} in:\n{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn same_file_by_another_name() {
+    both(|b| {
+        let fx = Fx::new(b);
+        write(fx.p("vault/secret"), "s");
+        std::fs::create_dir_all(fx.p("elsewhere")).unwrap();
+        std::fs::hard_link(fx.p("vault/secret"), fx.p("elsewhere/hardlink")).unwrap();
+        std::os::unix::fs::symlink(fx.p("vault/secret"), fx.p("elsewhere/symlink")).unwrap();
+        fx.apply("names", "  subjects:\n  - deny: [\"{D}/vault\"]\n");
+        assert_eq!(probe("open", fx.p("elsewhere/symlink")), "EPERM");
+        assert_eq!(probe("open", fx.p("elsewhere/hardlink")), "EPERM");
+        // Through /proc/<pid>/root.
+        let via_proc = format!(
+            "/proc/{}/root{}",
+            std::process::id(),
+            fx.p("vault/secret").display()
+        );
+        assert_eq!(probe("open", &via_proc), "EPERM");
+        // A hard link made after start.
+        std::fs::hard_link(fx.p("vault/secret"), fx.p("elsewhere/late-link")).unwrap();
+        assert_eq!(probe("open", fx.p("elsewhere/late-link")), "EPERM");
+        // Through a bind mount of the directory.
+        std::fs::create_dir_all(fx.p("bind")).unwrap();
+        let st = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(fx.p("vault"))
+            .arg(fx.p("bind"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount --bind failed");
+        let r = probe("open", fx.p("bind/secret"));
+        let _ = std::process::Command::new("umount")
+            .arg(fx.p("bind"))
+            .status();
+        assert_eq!(r, "EPERM", "bind mount");
+    });
+}
+
+/// Openers hammer allowed and denied files while the policy is swapped back
+/// and forth: no opener hangs, the denied file is never opened, allowed
+/// files never fail.
+#[test]
+#[ignore = "needs root"]
+fn policy_swap_under_load_loses_nothing() {
+    both(|b| {
+        let fx = Fx::new(b);
+        for i in 0..8 {
+            write(fx.p(&format!("load/ok{i}")), "x");
+        }
+        write(fx.p("load/secret"), "s");
+        write(fx.p("load/sometimes"), "s");
+        let v1 = "  subjects:\n  - deny: [\"{D}/load/secret\"]\n";
+        let v2 = "  subjects:\n  - deny: [\"{D}/load/secret\", \"{D}/load/sometimes\"]\n    audit: true\n";
+        fx.apply("swap", v1);
+        let mut paths: Vec<String> = (0..8)
+            .map(|i| fx.p(&format!("load/ok{i}")).display().to_string())
+            .collect();
+        paths.push(fx.p("load/secret").display().to_string());
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(janus_tests::probe_bin())
+                    .arg("hammer")
+                    .arg("3")
+                    .args(&paths)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let mut swaps = 0;
+        let end = std::time::Instant::now() + Duration::from_millis(2500);
+        while std::time::Instant::now() < end {
+            fx.apply("swap", if swaps % 2 == 0 { v2 } else { v1 });
+            swaps += 1;
+        }
+        let mut total_ok = 0;
+        for o in openers {
+            let out = o.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "opener failed or hung: {:?}",
+                out.status
+            );
+            let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let secret = &counts[&paths[8]];
+            assert_eq!(
+                secret[0], 0,
+                "denied file was opened during a swap: {counts}"
+            );
+            assert!(secret[1].as_u64().unwrap() > 0, "{counts}");
+            for p in &paths[..8] {
+                assert_eq!(counts[p][1], 0, "allowed file denied: {counts}");
+                assert_eq!(counts[p][2], 0, "allowed file failed: {counts}");
+                total_ok += counts[p][0].as_u64().unwrap();
+            }
+        }
+        assert!(swaps >= 5, "only {swaps} swaps");
+        assert!(total_ok > 0);
+        assert_eq!(fx.engine.guard_ids(), vec!["swap".to_string()]);
+    });
+}
+
+/// Stopping the engine while openers wait on it releases all of them, and
+/// leaves no fanotify group behind.
+#[test]
+#[ignore = "needs root"]
+fn stopping_releases_every_opener() {
+    both(|b| {
+        let fx = Fx::new(b);
+        for i in 0..4 {
+            write(fx.p(&format!("s/f{i}")), "x");
+        }
+        // audit: true keeps every open in user space (no kernel cache).
+        fx.apply(
+            "stop",
+            "  subjects:\n  - allow: [\"{D}/s\"]\n    audit: true\n",
+        );
+        let paths: Vec<String> = (0..4)
+            .map(|i| fx.p(&format!("s/f{i}")).display().to_string())
+            .collect();
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                std::process::Command::new(janus_tests::probe_bin())
+                    .arg("hammer")
+                    .arg("2")
+                    .args(&paths)
+                    .stdout(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(500));
+        let Fx { engine, dir, .. } = fx;
+        engine.stop();
+        let marked = janus_tests::marked_inodes(std::process::id());
+        let ours = janus_tests::inodes_under(dir.path());
+        assert!(
+            ours.iter().all(|i| !marked.contains(i)),
+            "marks left on the test directory after stop"
+        );
+        for o in openers {
+            let out = o.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "opener hung or failed after stop: {:?}",
+                out.status
+            );
+            let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for p in &paths {
+                assert_eq!(counts[p][1], 0, "{counts}");
+                assert_eq!(counts[p][2], 0, "{counts}");
+            }
+        }
+        drop(dir);
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn mountpoint_guards_the_whole_mount() {
+    let fx = Fx::new(Backend::IoUring);
+    std::fs::create_dir_all(fx.p("mnt")).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "janus-test", fx.p("mnt").to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs failed");
+    write(fx.p("mnt/a/secret"), "s");
+    write(fx.p("mnt/b/ok"), "s");
+    fx.apply(
+        "mp",
+        "  subjects:\n  - deny: [\"{D}/mnt/**/secret\"]\n    mountpoint: true\n",
+    );
+    let results = (
+        probe("open", fx.p("mnt/a/secret")),
+        probe("open", fx.p("mnt/b/ok")),
+        {
+            write(fx.p("mnt/c/d/secret"), "s");
+            probe("open", fx.p("mnt/c/d/secret"))
+        },
+    );
+    fx.engine.remove("mp").unwrap();
+    let _ = std::process::Command::new("umount")
+        .arg(fx.p("mnt"))
+        .status();
+    assert_eq!(results, ("EPERM".into(), "ok".into(), "EPERM".into()));
+}
