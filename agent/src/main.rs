@@ -1,1 +1,39 @@
-fn main() {}
+//! `janusd`: the Janus node agent.
+//!
+//! `janusd standalone -f GUARD.yaml` enforces guard manifests on this host
+//! without Kubernetes.
+#![forbid(unsafe_code)]
+
+mod observe;
+mod standalone;
+
+use clap::{Parser, Subcommand};
+
+/// Janus node agent: file-access guards enforced with fanotify.
+#[derive(Debug, Parser)]
+#[command(name = "janusd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enforce JanusGuard manifests on this host until SIGINT/SIGTERM.
+    Standalone(standalone::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    observe::init_logging();
+    let result = match cli.command {
+        Command::Standalone(args) => standalone::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("janusd: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -65,6 +65,21 @@ pub struct Pending {
     pub tags: Arc<BTreeMap<String, String>>,
     /// Template to render instead of JSON.
     pub log_format: Option<Arc<str>>,
+    /// Process details, when read while the process was still blocked on
+    /// the decision (done for denials, so their records are complete even
+    /// if the process exits at once).
+    pub process: Option<ProcessInfo>,
+}
+
+/// `comm`, executable and uid of a process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessInfo {
+    /// `/proc/<pid>/comm`.
+    pub comm: Option<String>,
+    /// `/proc/<pid>/exe`.
+    pub exe: Option<String>,
+    /// Real uid.
+    pub uid: Option<u32>,
 }
 
 /// A complete audit record, as written and streamed.
@@ -130,15 +145,11 @@ pub fn validate_log_format(format: &str) -> Result<(), String> {
     let mut rest = format;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let close = after
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' at byte {}", format.len() - rest.len() + open))?;
+        let close =
+            after.find('}').ok_or_else(|| format!("unclosed '{{' at byte {}", format.len() - rest.len() + open))?;
         let name = &after[..close];
         if !LOG_FORMAT_FIELDS.contains(&name) {
-            return Err(format!(
-                "unknown field {{{name}}}; known fields: {}",
-                LOG_FORMAT_FIELDS.join(", ")
-            ));
+            return Err(format!("unknown field {{{name}}}; known fields: {}", LOG_FORMAT_FIELDS.join(", ")));
         }
         rest = &after[close + 1..];
     }
@@ -158,13 +169,7 @@ impl AuditRecord {
                 rest = "";
                 break;
             };
-            let tags = || {
-                self.tags
-                    .iter()
-                    .map(|(k, v)| format!("{k}:{v}"))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
+            let tags = || self.tags.iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(",");
             let value = match &after[..close] {
                 "pod" => self.pod.clone(),
                 "node" => self.node.clone(),
@@ -229,28 +234,20 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Process details read from /proc, best effort (the process may be gone).
-fn process_info(pid: i32) -> (Option<String>, Option<String>, Option<u32>) {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim_end().to_string());
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
-    let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            })
-        });
-    (comm, exe, uid)
+pub fn process_info(pid: i32) -> ProcessInfo {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().to_string());
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok().map(|p| p.to_string_lossy().into_owned());
+    let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse().ok()))
+    });
+    ProcessInfo { comm, exe, uid }
 }
 
 impl Pending {
     /// Completes the record with process details.
     pub fn complete(self) -> (AuditRecord, Option<Arc<str>>, bool) {
-        let (process, executable, uid) = process_info(self.pid);
+        let info = self.process.unwrap_or_else(|| process_info(self.pid));
+        let (process, executable, uid) = (info.comm, info.exe, info.uid);
         let t = &self.target;
         let record = AuditRecord {
             time: rfc3339(self.time),
@@ -287,9 +284,7 @@ impl AuditQueue {
     pub fn push(&self, record: Pending) {
         match self.tx.try_send(record) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.increment(1)
-            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.increment(1),
         }
     }
 }
@@ -307,30 +302,23 @@ pub fn start(
 ) -> std::io::Result<(AuditQueue, std::thread::JoinHandle<()>)> {
     let (tx, rx): (Sender<Pending>, Receiver<Pending>) = crossbeam_channel::bounded(capacity);
     let dropped = metrics::counter!(crate::metrics::AUDIT_DROPPED);
-    let handle = std::thread::Builder::new()
-        .name("janus-audit".into())
-        .spawn(move || {
-            for pending in rx {
-                let (record, format, is_dir) = pending.complete();
-                if let Some(w) = out.as_mut() {
-                    let line = match &format {
-                        Some(f) => record.render(f, is_dir),
-                        None => serde_json::to_string(&record).unwrap_or_default(),
-                    };
-                    let _ = writeln!(w, "{line}");
-                    let _ = w.flush();
-                }
-                let record = Arc::new(record);
-                if let Ok(mut subs) = subscribers.lock() {
-                    subs.retain(|s| {
-                        !matches!(
-                            s.try_send(record.clone()),
-                            Err(TrySendError::Disconnected(_))
-                        )
-                    });
-                }
+    let handle = std::thread::Builder::new().name("janus-audit".into()).spawn(move || {
+        for pending in rx {
+            let (record, format, is_dir) = pending.complete();
+            if let Some(w) = out.as_mut() {
+                let line = match &format {
+                    Some(f) => record.render(f, is_dir),
+                    None => serde_json::to_string(&record).unwrap_or_default(),
+                };
+                let _ = writeln!(w, "{line}");
+                let _ = w.flush();
             }
-        })?;
+            let record = Arc::new(record);
+            if let Ok(mut subs) = subscribers.lock() {
+                subs.retain(|s| !matches!(s.try_send(record.clone()), Err(TrySendError::Disconnected(_))));
+            }
+        }
+    })?;
     Ok((AuditQueue { tx, dropped }, handle))
 }
 
@@ -369,16 +357,8 @@ mod tests {
     fn log_format_validation() {
         assert!(validate_log_format(crate::spec::DEFAULT_LOG_FORMAT).is_ok());
         assert!(validate_log_format("{pid} {rule}").is_ok());
-        assert!(
-            validate_log_format("{nope}")
-                .unwrap_err()
-                .contains("unknown field {nope}")
-        );
-        assert!(
-            validate_log_format("{pid")
-                .unwrap_err()
-                .contains("unclosed")
-        );
+        assert!(validate_log_format("{nope}").unwrap_err().contains("unknown field {nope}"));
+        assert!(validate_log_format("{pid").unwrap_err().contains("unclosed"));
     }
 
     #[test]

@@ -88,19 +88,13 @@ pub(crate) struct EntrySender {
 
 impl EntrySender {
     pub fn send(&self, batch: EntryBatch) -> Result<(), EngineError> {
-        self.tx
-            .send(Command::Entries(batch))
-            .map_err(|_| EngineError::Stopped)?;
-        sys::eventfd_signal(self.wake.as_fd())
-            .map_err(|e| EngineError::io("wake enforcement thread", e))
+        self.tx.send(Command::Entries(batch)).map_err(|_| EngineError::Stopped)?;
+        sys::eventfd_signal(self.wake.as_fd()).map_err(|e| EngineError::io("wake enforcement thread", e))
     }
 }
 
 impl Enforcer {
-    pub fn start(
-        backend: Option<Backend>,
-        queue: Queue,
-    ) -> Result<(Enforcer, Backend), EngineError> {
+    pub fn start(backend: Option<Backend>, queue: Queue) -> Result<(Enforcer, Backend), EngineError> {
         let wake = Arc::new(sys::eventfd().map_err(|e| EngineError::io("eventfd", e))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake2 = wake.clone();
@@ -129,7 +123,8 @@ impl Enforcer {
                 };
                 let _ = chosen_tx.send(Ok(if ring.is_some() { Backend::IoUring } else { Backend::Plain }));
                 let decider = Decider::new(queue);
-                let mut lp = Loop { rx, wake: wake2, slots: HashMap::new(), decider, pool: Vec::new(), closers: Vec::new() };
+                let mut lp =
+                    Loop { rx, wake: wake2, slots: HashMap::new(), decider, pool: Vec::new(), closers: Vec::new() };
                 match ring {
                     Some(ring) => lp.run_ring(ring),
                     None => lp.run_plain(),
@@ -137,20 +132,12 @@ impl Enforcer {
             })
             .map_err(|e| EngineError::io("spawn enforcement thread", e))?;
         let chosen = chosen_rx.recv().map_err(|_| EngineError::Stopped)??;
-        Ok((
-            Enforcer {
-                tx,
-                wake,
-                thread: Some(thread),
-            },
-            chosen,
-        ))
+        Ok((Enforcer { tx, wake, thread: Some(thread) }, chosen))
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
         self.tx.send(cmd).map_err(|_| EngineError::Stopped)?;
-        sys::eventfd_signal(self.wake.as_fd())
-            .map_err(|e| EngineError::io("wake enforcement thread", e))
+        sys::eventfd_signal(self.wake.as_fd()).map_err(|e| EngineError::io("wake enforcement thread", e))
     }
 
     /// Starts reading `rt`'s group; returns once the thread reads it.
@@ -165,10 +152,7 @@ impl Enforcer {
     }
 
     pub fn entry_sender(&self) -> EntrySender {
-        EntrySender {
-            tx: self.tx.clone(),
-            wake: self.wake.clone(),
-        }
+        EntrySender { tx: self.tx.clone(), wake: self.wake.clone() }
     }
 
     /// Removes an instance: its marks are flushed, its queue drained and
@@ -261,14 +245,8 @@ impl Decider {
             return true;
         }
         let id = sys::file_id(fd).ok();
-        let key = id.map(|i| FileKey {
-            dev: i.dev,
-            ino: i.ino,
-        });
-        let known = key
-            .and_then(|k| slot.map.get(&k))
-            .filter(|e| id.is_none_or(|i| i.birth == e.birth))
-            .cloned();
+        let key = id.map(|i| FileKey { dev: i.dev, ino: i.ino });
+        let known = key.and_then(|k| slot.map.get(&k)).filter(|e| id.is_none_or(|i| i.birth == e.birth)).cloned();
         let entry = match known {
             Some(e) => e,
             None => self.resolve(slot, fd, id, key),
@@ -284,9 +262,7 @@ impl Decider {
                     Verdict::Deny if subject.auto_allow_owner && is_owned(ev.pid, &rt.owners) => {
                         (Outcome::Allow, subject.audit, Some(r))
                     }
-                    Verdict::Deny if policy.mode == Mode::Audit => {
-                        (Outcome::WouldDeny, true, Some(r))
-                    }
+                    Verdict::Deny if policy.mode == Mode::Audit => (Outcome::WouldDeny, true, Some(r)),
                     Verdict::Deny => (Outcome::Deny, true, Some(r)),
                 }
             }
@@ -299,10 +275,7 @@ impl Decider {
         rt.counters.events[kind as usize][oi].increment(1);
         if log {
             let (rule_text, tags) = match rule {
-                Some(r) => (
-                    Some(rt.rule_text[r as usize].clone()),
-                    policy.subject_of(r).tags.clone(),
-                ),
+                Some(r) => (Some(rt.rule_text[r as usize].clone()), policy.subject_of(r).tags.clone()),
                 None => (None, Default::default()),
             };
             self.queue.push(Pending {
@@ -317,6 +290,7 @@ impl Decider {
                 rule: rule_text,
                 tags,
                 log_format: policy.log_format.clone(),
+                process: (outcome != Outcome::Allow).then(|| crate::audit::process_info(ev.pid)),
             });
         }
         outcome != Outcome::Deny
@@ -325,13 +299,7 @@ impl Decider {
     /// First sight of an inode: decide by its path, then remember the
     /// decision (in the kernel as an ignore mark when it is an unconditional
     /// allow, else in the map).
-    fn resolve(
-        &mut self,
-        slot: &mut Slot,
-        fd: RawFd,
-        id: Option<sys::FileId>,
-        key: Option<FileKey>,
-    ) -> Entry {
+    fn resolve(&mut self, slot: &mut Slot, fd: RawFd, id: Option<sys::FileId>, key: Option<FileKey>) -> Entry {
         let rt = &slot.rt;
         let len = sys::fd_path(fd, &mut self.path).unwrap_or(0);
         let mut shown = &self.path[..len];
@@ -356,9 +324,7 @@ impl Decider {
         let single_file = id.is_some_and(|i| i.is_file && i.nlink == 1);
         let mut remember = !needs.is_empty() || !single_file;
         if single_file && !cacheable.is_empty() {
-            let flags = libc::FAN_MARK_ADD
-                | libc::FAN_MARK_IGNORED_MASK
-                | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+            let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
             if fanotify::mark_raw_fd(rt.perm.as_fd(), flags, cacheable.fan_mask(), fd).is_ok() {
                 self.cache_inserts.increment(1);
             } else {
@@ -423,10 +389,7 @@ impl Loop {
     fn release(&mut self, rt: Arc<Runtime>) {
         self.closers.retain(|c| !c.is_finished());
         if let Some(last) = Arc::into_inner(rt) {
-            match std::thread::Builder::new()
-                .name("janus-close".into())
-                .spawn(move || drop(last))
-            {
+            match std::thread::Builder::new().name("janus-close".into()).spawn(move || drop(last)) {
                 Ok(h) => self.closers.push(h),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot spawn group closer; leaking the group")
@@ -517,12 +480,7 @@ impl Loop {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Add(serial, rt, ack) => {
-                    let mut slot = Slot {
-                        rt,
-                        map: HashMap::new(),
-                        read_op: None,
-                        retiring: None,
-                    };
+                    let mut slot = Slot { rt, map: HashMap::new(), read_op: None, retiring: None };
                     if let Some(ring) = ring.as_deref_mut() {
                         match ring.read(serial, slot.rt.perm.as_raw_fd(), vec![0u8; READ_BUF]) {
                             Ok(op) => slot.read_op = Some(op),
@@ -590,8 +548,7 @@ impl Loop {
                         };
                         slot.read_op = None;
                         if c.result > 0 {
-                            self.decider
-                                .batch(slot, &c.buf[..c.result as usize], &mut batch);
+                            self.decider.batch(slot, &c.buf[..c.result as usize], &mut batch);
                         } else if c.result < 0
                             && c.result != -libc::EAGAIN
                             && c.result != -libc::ECANCELED
@@ -615,9 +572,7 @@ impl Loop {
                             let fds = std::mem::take(&mut batch.fds);
                             let fd = rt.perm.as_raw_fd();
                             writes.insert(tag, WriteCtx { rt, fds });
-                            if let Err(e) =
-                                ring.writev_chunks(tag, fd, responses, RESPONSE_LEN, iov)
-                            {
+                            if let Err(e) = ring.writev_chunks(tag, fd, responses, RESPONSE_LEN, iov) {
                                 tracing::error!(error = %e, "cannot submit responses");
                             }
                         }
@@ -636,21 +591,13 @@ impl Loop {
                                 let _ = ring.close(TAG_CANCEL, fd);
                             }
                             self.release(ctx.rt);
-                            self.give_batch(Batch {
-                                responses: c.buf,
-                                fds: Vec::new(),
-                                iov: c.iov,
-                            });
+                            self.give_batch(Batch { responses: c.buf, fds: Vec::new(), iov: c.iov });
                             continue;
                         }
                         // One response was refused (its event is gone):
                         // skip it and send the rest.
                         self.decider.stale.increment(1);
-                        let done = if c.result > 0 {
-                            c.result as usize / RESPONSE_LEN
-                        } else {
-                            0
-                        };
+                        let done = if c.result > 0 { c.result as usize / RESPONSE_LEN } else { 0 };
                         let mut rest = c.buf;
                         rest.drain(..((done + 1) * RESPONSE_LEN).min(rest.len()));
                         if rest.is_empty() {
@@ -682,17 +629,9 @@ impl Loop {
         loop {
             pollfds.clear();
             serials.clear();
-            pollfds.push(libc::pollfd {
-                fd: self.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            pollfds.push(libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             for (serial, slot) in &self.slots {
-                pollfds.push(libc::pollfd {
-                    fd: slot.rt.perm.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                pollfds.push(libc::pollfd { fd: slot.rt.perm.as_raw_fd(), events: libc::POLLIN, revents: 0 });
                 serials.push(*serial);
             }
             if let Err(e) = sys::poll_in(&mut pollfds, -1) {

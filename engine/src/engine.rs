@@ -66,12 +66,7 @@ impl std::fmt::Debug for EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig {
-            backend: None,
-            audit_queue: 65_536,
-            audit_out: None,
-            max_walk: 1_000_000,
-        }
+        EngineConfig { backend: None, audit_queue: 65_536, audit_out: None, max_walk: 1_000_000 }
     }
 }
 
@@ -154,10 +149,7 @@ pub enum EngineError {
 
 impl EngineError {
     pub(crate) fn io(op: impl Into<String>, source: std::io::Error) -> Self {
-        EngineError::Io {
-            op: op.into(),
-            source,
-        }
+        EngineError::Io { op: op.into(), source }
     }
 }
 
@@ -203,23 +195,9 @@ impl Runtime {
         let root_shown = shown_prefix(&target.root);
         let guard = target.info.guard.clone();
         let counter = |kind: Kind, decision: &'static str| metrics::counter!(m::EVENTS, "guard" => guard.clone(), "event" => kind.as_str(), "decision" => decision);
-        let events = Kind::ALL.map(|k| {
-            [
-                counter(k, "allow"),
-                counter(k, "deny"),
-                counter(k, "would-deny"),
-            ]
-        });
-        let counters = Counters {
-            events,
-            marks: metrics::gauge!(m::MARKS_ACTIVE, "guard" => guard.clone()),
-        };
-        let rule_text = target
-            .policy
-            .rules
-            .iter()
-            .map(|r| Arc::from(r.describe()))
-            .collect();
+        let events = Kind::ALL.map(|k| [counter(k, "allow"), counter(k, "deny"), counter(k, "would-deny")]);
+        let counters = Counters { events, marks: metrics::gauge!(m::MARKS_ACTIVE, "guard" => guard.clone()) };
+        let rule_text = target.policy.rules.iter().map(|r| Arc::from(r.describe())).collect();
         Ok(Runtime {
             id: target.id,
             info: Arc::new(target.info),
@@ -245,10 +223,7 @@ impl Runtime {
     }
 
     pub fn add_marks(&self, n: usize) {
-        let total = self
-            .mark_count
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed)
-            + n;
+        let total = self.mark_count.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
         self.counters.marks.set(total as f64);
     }
 }
@@ -261,15 +236,10 @@ impl Drop for Runtime {
 
 /// The prefix `readlink(/proc/self/fd/N)` shows for files under `root`.
 fn shown_prefix(root: &Path) -> Vec<u8> {
-    let shown = std::fs::read_link(root)
-        .or_else(|_| std::fs::canonicalize(root))
-        .unwrap_or_else(|_| root.to_path_buf());
+    let shown =
+        std::fs::read_link(root).or_else(|_| std::fs::canonicalize(root)).unwrap_or_else(|_| root.to_path_buf());
     let bytes = shown.as_os_str().as_bytes();
-    if bytes == b"/" {
-        Vec::new()
-    } else {
-        bytes.to_vec()
-    }
+    if bytes == b"/" { Vec::new() } else { bytes.to_vec() }
 }
 
 /// The running engine. Dropping it stops enforcement: every mark is released
@@ -292,9 +262,8 @@ impl Engine {
     /// Starts the enforcement, watcher and audit threads.
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
         let subscribers: Subscribers = Default::default();
-        let (queue, audit_thread) =
-            crate::audit::start(config.audit_queue, config.audit_out, subscribers.clone())
-                .map_err(|e| EngineError::io("spawn audit thread", e))?;
+        let (queue, audit_thread) = crate::audit::start(config.audit_queue, config.audit_out, subscribers.clone())
+            .map_err(|e| EngineError::io("spawn audit thread", e))?;
         let (enforcer, backend) = Enforcer::start(config.backend, queue.clone())?;
         metrics::gauge!(m::BACKEND, "backend" => backend.as_str()).set(1.0);
         let watcher = Watcher::start(enforcer.entry_sender())?;
@@ -342,10 +311,7 @@ impl Engine {
             }
         };
         let report = walk.report.clone();
-        self.enforcer.send_entries(EntryBatch {
-            serial,
-            entries: walk.entries,
-        })?;
+        self.enforcer.send_entries(EntryBatch { serial, entries: walk.entries })?;
         self.watcher.add(serial, rt.clone(), notif, walk.dirs)?;
         if let Some(old) = guards.insert(rt.id.clone(), serial) {
             self.watcher.remove(old)?;
@@ -379,10 +345,7 @@ impl Engine {
     /// records (its channel holds `capacity`), never slows enforcement.
     pub fn subscribe(&self, capacity: usize) -> crossbeam_channel::Receiver<Arc<AuditRecord>> {
         let (tx, rx) = crossbeam_channel::bounded(capacity);
-        self.subscribers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+        self.subscribers.lock().unwrap_or_else(|p| p.into_inner()).push(tx);
         rx
     }
 
@@ -394,10 +357,7 @@ impl Engine {
     fn shutdown(&mut self) {
         self.watcher.stop();
         self.enforcer.stop();
-        self.guards
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.guards.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.active.set(0.0);
         // The audit thread ends when the last queue sender (held by the
         // enforcer) is gone.

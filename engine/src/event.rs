@@ -34,11 +34,7 @@ pub fn events(buf: &[u8]) -> impl Iterator<Item = (Event, &[u8])> {
         let event_len = u32::from_ne_bytes(rest[0..4].try_into().ok()?) as usize;
         let vers = rest[4];
         let meta_len = u16::from_ne_bytes(rest[6..8].try_into().ok()?) as usize;
-        if vers != METADATA_VERSION
-            || event_len < METADATA_LEN
-            || event_len > rest.len()
-            || meta_len < METADATA_LEN
-        {
+        if vers != METADATA_VERSION || event_len < METADATA_LEN || event_len > rest.len() || meta_len < METADATA_LEN {
             return None;
         }
         let ev = Event {
@@ -56,11 +52,7 @@ pub fn events(buf: &[u8]) -> impl Iterator<Item = (Event, &[u8])> {
 
 /// Appends a `struct fanotify_response` for `fd` to `out`.
 pub fn push_response(out: &mut Vec<u8>, fd: i32, allow: bool) {
-    let response = if allow {
-        libc::FAN_ALLOW
-    } else {
-        libc::FAN_DENY
-    };
+    let response = if allow { libc::FAN_ALLOW } else { libc::FAN_DENY };
     out.extend_from_slice(&fd.to_ne_bytes());
     out.extend_from_slice(&response.to_ne_bytes());
 }
@@ -94,11 +86,7 @@ pub fn dir_entry_info(mut info: &[u8]) -> Option<DirEntryInfo<'_>> {
             let handle = body.get(8..8 + bytes)?;
             let tail = body.get(8 + bytes..)?;
             let name_end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-            return Some(DirEntryInfo {
-                handle_type,
-                handle,
-                name: &tail[..name_end],
-            });
+            return Some(DirEntryInfo { handle_type, handle, name: &tail[..name_end] });
         }
         info = &info[len..];
     }
@@ -128,13 +116,7 @@ mod tests {
         buf.extend(meta(libc::FAN_ACCESS_PERM, 8, 101, &[]));
         buf.extend_from_slice(&[1, 2, 3]); // truncated tail
         let evs: Vec<_> = events(&buf).map(|(e, _)| (e.mask, e.fd, e.pid)).collect();
-        assert_eq!(
-            evs,
-            vec![
-                (libc::FAN_OPEN_PERM, 7, 100),
-                (libc::FAN_ACCESS_PERM, 8, 101)
-            ]
-        );
+        assert_eq!(evs, vec![(libc::FAN_OPEN_PERM, 7, 100), (libc::FAN_ACCESS_PERM, 8, 101)]);
         let mut bad = meta(libc::FAN_OPEN_PERM, 7, 100, &[]);
         bad[4] = 2; // wrong version
         assert_eq!(events(&bad).count(), 0);
@@ -154,10 +136,7 @@ mod tests {
         let (ev, info) = events(&buf).next().unwrap();
         assert_eq!(ev.info_len, rec.len());
         let d = dir_entry_info(info).unwrap();
-        assert_eq!(
-            (d.handle_type, d.handle, d.name),
-            (1, &[9u8, 9, 9, 9][..], &b"new.key"[..])
-        );
+        assert_eq!((d.handle_type, d.handle, d.name), (1, &[9u8, 9, 9, 9][..], &b"new.key"[..]));
     }
 
     #[test]
@@ -166,9 +145,6 @@ mod tests {
         push_response(&mut out, 5, false);
         assert_eq!(out.len(), RESPONSE_LEN);
         assert_eq!(i32::from_ne_bytes(out[0..4].try_into().unwrap()), 5);
-        assert_eq!(
-            u32::from_ne_bytes(out[4..8].try_into().unwrap()),
-            libc::FAN_DENY
-        );
+        assert_eq!(u32::from_ne_bytes(out[4..8].try_into().unwrap()), libc::FAN_DENY);
     }
 }

@@ -15,14 +15,13 @@ mod marks;
 pub mod metrics;
 pub mod pattern;
 pub mod policy;
+pub mod reference;
 pub mod spec;
 #[allow(unsafe_code)]
 mod sys;
 mod watch;
 
-pub use engine::{
-    Backend, Engine, EngineConfig, EngineError, GuardReport, GuardTarget, TargetInfo,
-};
+pub use engine::{Backend, Engine, EngineConfig, EngineError, GuardReport, GuardTarget, TargetInfo};
 
 /// An access kind a rule can apply to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

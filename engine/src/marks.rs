@@ -80,11 +80,7 @@ pub(crate) struct Walker<'a> {
 }
 
 /// Marks everything a freshly applied guard instance needs.
-pub(crate) fn initial(
-    rt: &Runtime,
-    notif: BorrowedFd<'_>,
-    max: usize,
-) -> Result<Walk, EngineError> {
+pub(crate) fn initial(rt: &Runtime, notif: BorrowedFd<'_>, max: usize) -> Result<Walk, EngineError> {
     let mut w = Walker::new(rt, notif, max);
     let policy = &rt.policy;
     let mut starts: Vec<String> = Vec::new();
@@ -100,20 +96,13 @@ pub(crate) fn initial(
         }
         // Start at the parent so a rule path that is replaced (new inode) or
         // created later is still seen through its directory.
-        let start = if existing == prefix {
-            parent(&prefix).to_string()
-        } else {
-            existing
-        };
+        let start = if existing == prefix { parent(&prefix).to_string() } else { existing };
         starts.push(start);
     }
     starts.sort();
     starts.dedup();
-    let roots: Vec<String> = starts
-        .iter()
-        .filter(|s| !starts.iter().any(|o| o != *s && is_under(s, o)))
-        .cloned()
-        .collect();
+    let roots: Vec<String> =
+        starts.iter().filter(|s| !starts.iter().any(|o| o != *s && is_under(s, o))).cloned().collect();
     for start in roots {
         w.walk(&start)?;
     }
@@ -123,9 +112,7 @@ pub(crate) fn initial(
 
 /// Whether `path` is `dir` or below it.
 fn is_under(path: &str, dir: &str) -> bool {
-    dir == "/"
-        || path == dir
-        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+    dir == "/" || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
 }
 
 fn parent(path: &str) -> &str {
@@ -136,11 +123,7 @@ fn parent(path: &str) -> &str {
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir == "/" {
-        format!("/{name}")
-    } else {
-        format!("{dir}/{name}")
-    }
+    if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") }
 }
 
 /// The deepest ancestor-or-self of `path` that exists as a directory (or
@@ -173,13 +156,7 @@ impl<'a> Walker<'a> {
     }
 
     fn perm_mark(&self, flags: u32, mask: u64, host: &CString) -> std::io::Result<()> {
-        fanotify::mark(
-            self.rt.perm.as_fd(),
-            libc::FAN_MARK_ADD | flags,
-            mask,
-            None,
-            Some(host),
-        )
+        fanotify::mark(self.rt.perm.as_fd(), libc::FAN_MARK_ADD | flags, mask, None, Some(host))
     }
 
     fn mark_mount(&mut self, path: &str) -> Result<(), EngineError> {
@@ -197,11 +174,7 @@ impl<'a> Walker<'a> {
     pub(crate) fn walk(&mut self, start: &str) -> Result<(), EngineError> {
         let mut stack = vec![start.to_string()];
         while let Some(dir) = stack.pop() {
-            if !self
-                .rt
-                .policy
-                .needs_events_at_or_below(dir.as_bytes(), &mut self.scratch)
-            {
+            if !self.rt.policy.needs_events_at_or_below(dir.as_bytes(), &mut self.scratch) {
                 continue;
             }
             let Some(host) = self.rt.host_cpath(&dir) else {
@@ -215,35 +188,19 @@ impl<'a> Walker<'a> {
             }
             self.count(&dir)?;
             let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDIR;
-            self.perm_mark(0, mask, &host)
-                .map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
+            self.perm_mark(0, mask, &host).map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
             self.out.report.marks += 1;
             self.rt.add_marks(1);
             self.watch_dir(&dir, &host);
             let path: Arc<str> = Arc::from(dir.as_str());
-            let decision = self
-                .rt
-                .policy
-                .decide(dir.as_bytes(), true, &mut self.scratch);
-            self.out.entries.push((
-                FileKey {
-                    dev: id.dev,
-                    ino: id.ino,
-                },
-                Entry {
-                    path,
-                    birth: id.birth,
-                    is_dir: true,
-                    decision,
-                },
-            ));
+            let decision = self.rt.policy.decide(dir.as_bytes(), true, &mut self.scratch);
+            self.out
+                .entries
+                .push((FileKey { dev: id.dev, ino: id.ino }, Entry { path, birth: id.birth, is_dir: true, decision }));
             let entries = match std::fs::read_dir(self.rt.host_path(&dir)) {
                 Ok(e) => e,
                 Err(e) => {
-                    self.out
-                        .report
-                        .warnings
-                        .push(format!("cannot list {dir}: {e}"));
+                    self.out.report.warnings.push(format!("cannot list {dir}: {e}"));
                     continue;
                 }
             };
@@ -251,10 +208,7 @@ impl<'a> Walker<'a> {
                 let Ok(ft) = entry.file_type() else { continue };
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else {
-                    self.out
-                        .report
-                        .warnings
-                        .push(format!("skipping non-UTF-8 name in {dir}"));
+                    self.out.report.warnings.push(format!("skipping non-UTF-8 name in {dir}"));
                     continue;
                 };
                 let child = join(&dir, name);
@@ -262,10 +216,7 @@ impl<'a> Walker<'a> {
                     let child_host = entry.path();
                     if let Ok(cid) = CString::new(child_host.as_os_str().as_bytes())
                         .map_err(|_| ())
-                        .and_then(|c| {
-                            sys::statx_at(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW)
-                                .map_err(|_| ())
-                        })
+                        .and_then(|c| sys::statx_at(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW).map_err(|_| ()))
                         && cid.dev != id.dev
                         && is_pseudo_fs(&child_host)
                     {
@@ -293,12 +244,8 @@ impl<'a> Walker<'a> {
     }
 
     fn watch_dir(&mut self, dir: &str, host: &CString) {
-        if let Err(e) = fanotify::mark(self.notif, libc::FAN_MARK_ADD, WATCH_MASK, None, Some(host))
-        {
-            self.out
-                .report
-                .warnings
-                .push(format!("new entries in {dir} will not be noticed: {e}"));
+        if let Err(e) = fanotify::mark(self.notif, libc::FAN_MARK_ADD, WATCH_MASK, None, Some(host)) {
+            self.out.report.warnings.push(format!("new entries in {dir} will not be noticed: {e}"));
             metrics::counter!(crate::metrics::ERRORS, "op" => "watch").increment(1);
             return;
         }
@@ -307,11 +254,7 @@ impl<'a> Walker<'a> {
                 self.out.dirs.push((self.handle.clone(), Arc::from(dir)));
                 self.out.report.watched_dirs += 1;
             }
-            Err(e) => self
-                .out
-                .report
-                .warnings
-                .push(format!("no file handle for {dir}: {e}")),
+            Err(e) => self.out.report.warnings.push(format!("no file handle for {dir}: {e}")),
         }
     }
 
@@ -325,14 +268,8 @@ impl<'a> Walker<'a> {
         let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
             return Ok(());
         };
-        let decision = self
-            .rt
-            .policy
-            .decide(path.as_bytes(), false, &mut self.scratch);
-        let key = FileKey {
-            dev: id.dev,
-            ino: id.ino,
-        };
+        let decision = self.rt.policy.decide(path.as_bytes(), false, &mut self.scratch);
+        let key = FileKey { dev: id.dev, ino: id.ino };
         match self.files.get_mut(&key) {
             Some(rec) => rec.decision = merge_deny_wins(&self.rt.policy, rec.decision, decision),
             None => {
@@ -366,43 +303,21 @@ impl<'a> Walker<'a> {
                     None,
                     Some(&rec.host),
                 );
-                fanotify::mark(
-                    self.rt.perm.as_fd(),
-                    libc::FAN_MARK_ADD,
-                    needs.fan_mask(),
-                    None,
-                    Some(&rec.host),
-                )
-                .map_err(|e| EngineError::io(format!("mark file {}", rec.path), e))?;
+                fanotify::mark(self.rt.perm.as_fd(), libc::FAN_MARK_ADD, needs.fan_mask(), None, Some(&rec.host))
+                    .map_err(|e| EngineError::io(format!("mark file {}", rec.path), e))?;
                 self.out.report.marks += 1;
                 self.rt.add_marks(1);
             } else if rec.is_file && rec.nlink == 1 && !cacheable.is_empty() {
                 // Only files with a single name are cached: another name may
                 // carry a stricter decision this walk did not see.
-                let flags = libc::FAN_MARK_ADD
-                    | libc::FAN_MARK_IGNORED_MASK
-                    | libc::FAN_MARK_IGNORED_SURV_MODIFY;
-                if fanotify::mark(
-                    self.rt.perm.as_fd(),
-                    flags,
-                    cacheable.fan_mask(),
-                    None,
-                    Some(&rec.host),
-                )
-                .is_ok()
-                {
+                let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+                if fanotify::mark(self.rt.perm.as_fd(), flags, cacheable.fan_mask(), None, Some(&rec.host)).is_ok() {
                     self.out.report.cached += 1;
                 }
             }
-            self.out.entries.push((
-                key,
-                Entry {
-                    path: rec.path,
-                    birth: rec.birth,
-                    is_dir: false,
-                    decision: rec.decision,
-                },
-            ));
+            self.out
+                .entries
+                .push((key, Entry { path: rec.path, birth: rec.birth, is_dir: false, decision: rec.decision }));
         }
         Ok(())
     }
@@ -432,11 +347,7 @@ pub(crate) fn classify(policy: &crate::policy::Policy, d: &Decision) -> (KindSet
 /// Merges the decisions of two names of one file: per kind, a denying rule
 /// wins; otherwise the first decision's rule (or the second's if the first
 /// has none).
-pub(crate) fn merge_deny_wins(
-    policy: &crate::policy::Policy,
-    a: Decision,
-    b: Decision,
-) -> Decision {
+pub(crate) fn merge_deny_wins(policy: &crate::policy::Policy, a: Decision, b: Decision) -> Decision {
     let mut out = a;
     for kind in Kind::ALL {
         let denies = |r: Option<u32>| r.is_some_and(|r| policy.rule(r).verdict == Verdict::Deny);
@@ -456,19 +367,14 @@ fn is_pseudo_fs(path: &std::path::Path) -> bool {
     match std::fs::File::open(path) {
         Ok(f) => {
             use std::os::fd::AsRawFd;
-            sys::fs_magic(f.as_raw_fd())
-                .map(|m| SKIP_FS.contains(&m))
-                .unwrap_or(false)
+            sys::fs_magic(f.as_raw_fd()).map(|m| SKIP_FS.contains(&m)).unwrap_or(false)
         }
         Err(_) => false,
     }
 }
 
 fn bad_path(path: &str) -> EngineError {
-    EngineError::io(
-        format!("path {path:?}"),
-        std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    )
+    EngineError::io(format!("path {path:?}"), std::io::Error::from(std::io::ErrorKind::InvalidInput))
 }
 
 /// What the watcher does with a new entry `name` in watched directory `dir`.

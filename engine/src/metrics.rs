@@ -31,42 +31,20 @@ pub const ERRORS: &str = "janus_errors_total";
 /// Buckets for [`BATCH_SIZE`].
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 /// Buckets for [`DECISION_SECONDS`].
-pub const BUCKETS: &[f64] = &[
-    1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0,
-];
+pub const BUCKETS: &[f64] = &[1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1, 1.0];
 
 /// Registers help texts for every engine metric.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        EVENTS,
-        "Permission events decided, by guard, event kind and decision."
-    );
-    describe_histogram!(
-        BATCH_SIZE,
-        Unit::Count,
-        "Permission events handled per read batch."
-    );
-    describe_histogram!(
-        DECISION_SECONDS,
-        Unit::Seconds,
-        "Time to decide one batch of permission events."
-    );
+    describe_counter!(EVENTS, "Permission events decided, by guard, event kind and decision.");
+    describe_histogram!(BATCH_SIZE, Unit::Count, "Permission events handled per read batch.");
+    describe_histogram!(DECISION_SECONDS, Unit::Seconds, "Time to decide one batch of permission events.");
     describe_counter!(QUEUE_OVERFLOWS, "fanotify queue overflow events seen.");
-    describe_counter!(
-        STALE_RESPONSES,
-        "Responses refused by the kernel because the event was gone."
-    );
-    describe_counter!(
-        AUDIT_DROPPED,
-        "Audit records dropped because the audit queue was full."
-    );
+    describe_counter!(STALE_RESPONSES, "Responses refused by the kernel because the event was gone.");
+    describe_counter!(AUDIT_DROPPED, "Audit records dropped because the audit queue was full.");
     describe_gauge!(GUARDS_ACTIVE, "Guard instances being enforced.");
     describe_gauge!(MARKS_ACTIVE, "fanotify marks held, by guard.");
-    describe_counter!(
-        CACHE_INSERTS,
-        "Allowed inodes cached in the kernel with ignore marks."
-    );
+    describe_counter!(CACHE_INSERTS, "Allowed inodes cached in the kernel with ignore marks.");
     describe_gauge!(BACKEND, "Event loop backend in use (label backend).");
     describe_counter!(ERRORS, "Errors while marking, by operation.");
 }

@@ -74,9 +74,7 @@ impl Pattern {
     /// characters are errors.
     pub fn parse(text: &str) -> Result<Pattern, PatternError> {
         if !text.starts_with('/') {
-            return Err(PatternError(
-                "must be an absolute path (start with '/')".into(),
-            ));
+            return Err(PatternError("must be an absolute path (start with '/')".into()));
         }
         if text.contains('\0') {
             return Err(PatternError("must not contain NUL bytes".into()));
@@ -84,9 +82,7 @@ impl Pattern {
         let mut components = Vec::new();
         for part in text.split('/').filter(|p| !p.is_empty()) {
             if part == "." || part == ".." {
-                return Err(PatternError(format!(
-                    "must not contain '{part}' components"
-                )));
+                return Err(PatternError(format!("must not contain '{part}' components")));
             }
             if part == "**" {
                 // `/**/**` is the same as `/**`.
@@ -94,9 +90,7 @@ impl Pattern {
                     components.push(Component::AnyDepth);
                 }
             } else if part.contains("**") {
-                return Err(PatternError(format!(
-                    "'**' must be a whole path component, found in {part:?}"
-                )));
+                return Err(PatternError(format!("'**' must be a whole path component, found in {part:?}")));
             } else if part.contains(['*', '?']) {
                 components.push(Component::Glob(Glob(part.to_string())));
             } else {
@@ -129,9 +123,7 @@ impl Pattern {
 
     /// Whether this pattern holds any wildcard.
     pub fn has_wildcards(&self) -> bool {
-        self.components
-            .iter()
-            .any(|c| !matches!(c, Component::Literal(_)))
+        self.components.iter().any(|c| !matches!(c, Component::Literal(_)))
     }
 
     /// How specific the pattern is; the larger wins. Ordered by: components
@@ -162,9 +154,7 @@ impl Pattern {
         fn go(pat: &[Component], path: &[&[u8]]) -> bool {
             match pat.split_first() {
                 None => true, // pattern exhausted: matched an ancestor or the path itself
-                Some((Component::AnyDepth, rest)) => {
-                    (0..=path.len()).any(|skip| go(rest, &path[skip..]))
-                }
+                Some((Component::AnyDepth, rest)) => (0..=path.len()).any(|skip| go(rest, &path[skip..])),
                 Some((c, rest)) => match path.split_first() {
                     None => false,
                     Some((name, tail)) => {

@@ -129,16 +129,11 @@ impl Policy {
                 mountpoint: subject.mountpoint,
                 tags: Arc::new(subject.tags.clone()),
             });
-            for (verdict, paths) in [
-                (Verdict::Allow, &subject.allow),
-                (Verdict::Deny, &subject.deny),
-            ] {
+            for (verdict, paths) in [(Verdict::Allow, &subject.allow), (Verdict::Deny, &subject.deny)] {
                 for text in paths {
                     // Validated above: parse cannot fail here.
-                    let pattern = Pattern::parse(text).map_err(|e| SpecError {
-                        field: format!("spec.subjects[{si}]"),
-                        reason: e.0,
-                    })?;
+                    let pattern = Pattern::parse(text)
+                        .map_err(|e| SpecError { field: format!("spec.subjects[{si}]"), reason: e.0 })?;
                     rules.push(Rule {
                         text: Arc::from(text.as_str()),
                         specificity: pattern.specificity(),
@@ -151,28 +146,16 @@ impl Policy {
                 }
             }
         }
-        Ok(Self::from_rules(
-            rules,
-            subjects,
-            spec.mode,
-            spec.log_format.as_deref(),
-        ))
+        Ok(Self::from_rules(rules, subjects, spec.mode, spec.log_format.as_deref()))
     }
 
-    fn from_rules(
-        rules: Vec<Rule>,
-        subjects: Vec<SubjectOptions>,
-        mode: Mode,
-        log_format: Option<&str>,
-    ) -> Policy {
+    fn from_rules(rules: Vec<Rule>, subjects: Vec<SubjectOptions>, mode: Mode, log_format: Option<&str>) -> Policy {
         let mut root = Node::default();
         for (i, rule) in rules.iter().enumerate() {
             let mut node = &mut root;
             for c in rule.pattern.components() {
                 node = match c {
-                    Component::Literal(name) => {
-                        node.literal.entry(name.as_bytes().into()).or_default()
-                    }
+                    Component::Literal(name) => node.literal.entry(name.as_bytes().into()).or_default(),
                     Component::Glob(g) => {
                         let pos = match node.globs.iter().position(|(x, _)| x == g) {
                             Some(pos) => pos,
@@ -183,28 +166,16 @@ impl Policy {
                         };
                         &mut node.globs[pos].1
                     }
-                    Component::AnyDepth => node.any_depth.get_or_insert_with(|| {
-                        Box::new(Node {
-                            is_any_depth: true,
-                            ..Node::default()
-                        })
-                    }),
+                    Component::AnyDepth => {
+                        node.any_depth.get_or_insert_with(|| Box::new(Node { is_any_depth: true, ..Node::default() }))
+                    }
                 };
             }
             node.terminal.push(i as u32);
         }
         let kinds = rules.iter().fold(KindSet::EMPTY, |k, r| k.union(r.kinds));
-        let mut policy = Policy {
-            rules,
-            subjects,
-            mode,
-            log_format: log_format.map(Arc::from),
-            kinds,
-            root,
-        };
-        let interesting: Vec<bool> = (0..policy.rules.len())
-            .map(|i| policy.rule_needs_events(i as u32))
-            .collect();
+        let mut policy = Policy { rules, subjects, mode, log_format: log_format.map(Arc::from), kinds, root };
+        let interesting: Vec<bool> = (0..policy.rules.len()).map(|i| policy.rule_needs_events(i as u32)).collect();
         fill_interest(&mut policy.root, &interesting);
         policy
     }
@@ -241,8 +212,8 @@ impl Policy {
                     None => Some(ri),
                     Some(b) => {
                         let br = &self.rules[b as usize];
-                        let better = (r.specificity, r.verdict == Verdict::Deny)
-                            > (br.specificity, br.verdict == Verdict::Deny);
+                        let better =
+                            (r.specificity, r.verdict == Verdict::Deny) > (br.specificity, br.verdict == Verdict::Deny);
                         Some(if better { ri } else { b })
                     }
                 };
@@ -303,10 +274,7 @@ impl Policy {
             }
             f
         };
-        let covering = [d, f]
-            .iter()
-            .flat_map(|x| x.rules.iter().flatten())
-            .any(|&r| self.rule_needs_events(r));
+        let covering = [d, f].iter().flat_map(|x| x.rules.iter().flatten()).any(|&r| self.rule_needs_events(r));
         covering || scratch.active.iter().any(|n| n.interest_below)
     }
 
@@ -333,16 +301,8 @@ impl Policy {
                 .rules
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| {
-                    r.kinds.contains(kind) && (!r.only_dir || is_dir) && r.pattern.covers(&comps)
-                })
-                .max_by_key(|(i, r)| {
-                    (
-                        r.specificity,
-                        r.verdict == Verdict::Deny,
-                        std::cmp::Reverse(*i),
-                    )
-                })
+                .filter(|(_, r)| r.kinds.contains(kind) && (!r.only_dir || is_dir) && r.pattern.covers(&comps))
+                .max_by_key(|(i, r)| (r.specificity, r.verdict == Verdict::Deny, std::cmp::Reverse(*i)))
                 .map(|(i, _)| i as u32);
         }
         decision
@@ -392,11 +352,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn policy(subjects: Vec<Subject>) -> Policy {
-        Policy::compile(&GuardSpec {
-            subjects,
-            ..Default::default()
-        })
-        .unwrap()
+        Policy::compile(&GuardSpec { subjects, ..Default::default() }).unwrap()
     }
 
     fn subj(allow: &[&str], deny: &[&str]) -> Subject {
@@ -442,16 +398,8 @@ mod tests {
         s.only_dir = true;
         let p = policy(vec![s]);
         let mut sc = Scratch::default();
-        assert!(
-            p.decide(b"/data/sub", true, &mut sc)
-                .rule(Kind::Open)
-                .is_some()
-        );
-        assert!(
-            p.decide(b"/data/file", false, &mut sc)
-                .rule(Kind::Open)
-                .is_none()
-        );
+        assert!(p.decide(b"/data/sub", true, &mut sc).rule(Kind::Open).is_some());
+        assert!(p.decide(b"/data/file", false, &mut sc).rule(Kind::Open).is_none());
     }
 
     #[test]
@@ -464,10 +412,7 @@ mod tests {
         assert!(!p.needs_events_at_or_below(b"/data/public", &mut s));
         assert!(p.needs_events_at_or_below(b"/srv/a/b", &mut s));
         assert!(!p.needs_events_at_or_below(b"/usr", &mut s));
-        let audited = policy(vec![Subject {
-            audit: true,
-            ..subj(&["/etc/nginx"], &[])
-        }]);
+        let audited = policy(vec![Subject { audit: true, ..subj(&["/etc/nginx"], &[]) }]);
         assert!(audited.needs_events_at_or_below(b"/etc/nginx/conf.d", &mut s));
         let plain = policy(vec![subj(&["/etc/nginx"], &[])]);
         assert!(!plain.needs_events_at_or_below(b"/etc/nginx", &mut s));
@@ -488,11 +433,8 @@ mod tests {
     }
 
     fn concrete_path() -> impl Strategy<Value = String> {
-        prop::collection::vec(
-            prop::sample::select(vec!["a", "b", "c", "ab", "a.key", "b.key", "zz"]),
-            0..5,
-        )
-        .prop_map(|c| format!("/{}", c.join("/")))
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "ab", "a.key", "b.key", "zz"]), 0..5)
+            .prop_map(|c| format!("/{}", c.join("/")))
     }
 
     proptest! {

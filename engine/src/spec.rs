@@ -145,10 +145,7 @@ pub struct SpecError {
 
 impl SpecError {
     fn new(field: impl Into<String>, reason: impl fmt::Display) -> Self {
-        SpecError {
-            field: field.into(),
-            reason: reason.to_string(),
-        }
+        SpecError { field: field.into(), reason: reason.to_string() }
     }
 }
 
@@ -161,31 +158,20 @@ impl GuardManifest {
     pub fn parse_all(text: &str) -> Result<Vec<GuardManifest>, SpecError> {
         let mut out = Vec::new();
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-            let value = serde_norway::Value::deserialize(doc)
-                .map_err(|e| SpecError::new(format!("document {}", i + 1), e))?;
+            let value =
+                serde_norway::Value::deserialize(doc).map_err(|e| SpecError::new(format!("document {}", i + 1), e))?;
             if value.is_null() {
                 continue; // empty document, e.g. a trailing `---`
             }
             let prefix = |field: &str| {
-                if i == 0 {
-                    field.to_string()
-                } else {
-                    format!("document {}: {field}", i + 1)
-                }
+                if i == 0 { field.to_string() } else { format!("document {}: {field}", i + 1) }
             };
             let manifest: GuardManifest = serde_path_to_error::deserialize(value).map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." {
-                    "(document)".to_string()
-                } else {
-                    path
-                };
+                let field = if path == "." { "(document)".to_string() } else { path };
                 SpecError::new(prefix(&field), e.into_inner())
             })?;
-            manifest.validate().map_err(|e| SpecError {
-                field: prefix(&e.field),
-                reason: e.reason,
-            })?;
+            manifest.validate().map_err(|e| SpecError { field: prefix(&e.field), reason: e.reason })?;
             out.push(manifest);
         }
         if out.is_empty() {
@@ -197,16 +183,10 @@ impl GuardManifest {
     /// Checks everything serde cannot: kind, names, paths, patterns.
     pub fn validate(&self) -> Result<(), SpecError> {
         if self.api_version != API_VERSION {
-            return Err(SpecError::new(
-                "apiVersion",
-                format!("must be {API_VERSION:?}, got {:?}", self.api_version),
-            ));
+            return Err(SpecError::new("apiVersion", format!("must be {API_VERSION:?}, got {:?}", self.api_version)));
         }
         if self.kind != KIND {
-            return Err(SpecError::new(
-                "kind",
-                format!("must be {KIND:?}, got {:?}", self.kind),
-            ));
+            return Err(SpecError::new("kind", format!("must be {KIND:?}, got {:?}", self.kind)));
         }
         if self.metadata.name.is_empty() {
             return Err(SpecError::new("metadata.name", "is required"));
@@ -216,11 +196,7 @@ impl GuardManifest {
 
     /// `namespace/name`, the guard's identity in records and metrics.
     pub fn qualified_name(&self) -> String {
-        format!(
-            "{}/{}",
-            self.metadata.namespace.as_deref().unwrap_or("default"),
-            self.metadata.name
-        )
+        format!("{}/{}", self.metadata.namespace.as_deref().unwrap_or("default"), self.metadata.name)
     }
 }
 
@@ -228,31 +204,21 @@ impl GuardSpec {
     /// Validates the spec; `at` is the field path of the spec itself.
     pub fn validate(&self, at: &str) -> Result<(), SpecError> {
         if self.subjects.is_empty() {
-            return Err(SpecError::new(
-                format!("{at}.subjects"),
-                "at least one subject is required",
-            ));
+            return Err(SpecError::new(format!("{at}.subjects"), "at least one subject is required"));
         }
         for (i, subject) in self.subjects.iter().enumerate() {
             let at = format!("{at}.subjects[{i}]");
             if subject.allow.is_empty() && subject.deny.is_empty() {
-                return Err(SpecError::new(
-                    at,
-                    "needs at least one path in allow or deny",
-                ));
+                return Err(SpecError::new(at, "needs at least one path in allow or deny"));
             }
             for (list, paths) in [("allow", &subject.allow), ("deny", &subject.deny)] {
                 for (j, path) in paths.iter().enumerate() {
-                    validate_path(path)
-                        .map_err(|reason| SpecError::new(format!("{at}.{list}[{j}]"), reason))?;
+                    validate_path(path).map_err(|reason| SpecError::new(format!("{at}.{list}[{j}]"), reason))?;
                 }
             }
             for (key, _) in subject.tags.iter() {
                 if key.is_empty() {
-                    return Err(SpecError::new(
-                        format!("{at}.tags"),
-                        "tag names must not be empty",
-                    ));
+                    return Err(SpecError::new(format!("{at}.tags"), "tag names must not be empty"));
                 }
             }
         }
@@ -364,10 +330,7 @@ spec:
 
     #[test]
     fn mode_and_log_format() {
-        let y = GOOD.replace(
-            "  subjects:",
-            "  mode: Audit\n  logFormat: \"{response} {path}\"\n  subjects:",
-        );
+        let y = GOOD.replace("  subjects:", "  mode: Audit\n  logFormat: \"{response} {path}\"\n  subjects:");
         let g = &GuardManifest::parse_all(&y).unwrap()[0];
         assert_eq!(g.spec.mode, Mode::Audit);
         let bad = GOOD.replace("  subjects:", "  mode: Block\n  subjects:");

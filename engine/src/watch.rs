@@ -51,11 +51,7 @@ impl Watcher {
             .name("janus-watch".into())
             .spawn(move || run(rx, w, entries))
             .map_err(|e| EngineError::io("spawn watcher thread", e))?;
-        Ok(Watcher {
-            tx,
-            wake,
-            thread: Some(thread),
-        })
+        Ok(Watcher { tx, wake, thread: Some(thread) })
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
@@ -97,17 +93,9 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
     loop {
         pollfds.clear();
         serials.clear();
-        pollfds.push(libc::pollfd {
-            fd: wake.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        });
+        pollfds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         for (serial, set) in &sets {
-            pollfds.push(libc::pollfd {
-                fd: set.notif.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            pollfds.push(libc::pollfd { fd: set.notif.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             serials.push(*serial);
         }
         if sys::poll_in(&mut pollfds, -1).is_err() {
@@ -119,14 +107,7 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
             while let Ok(cmd) = rx.try_recv() {
                 match cmd {
                     Command::Add(serial, rt, notif, dirs) => {
-                        sets.insert(
-                            serial,
-                            WatchSet {
-                                rt,
-                                notif,
-                                dirs: dirs.into_iter().collect(),
-                            },
-                        );
+                        sets.insert(serial, WatchSet { rt, notif, dirs: dirs.into_iter().collect() });
                     }
                     Command::Remove(serial, ack) => {
                         sets.remove(&serial);
@@ -157,8 +138,7 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
                 key.clear();
                 key.extend_from_slice(&d.handle_type.to_ne_bytes());
                 key.extend_from_slice(d.handle);
-                let (Some(dir), Ok(name)) = (set.dirs.get(&key), std::str::from_utf8(d.name))
-                else {
+                let (Some(dir), Ok(name)) = (set.dirs.get(&key), std::str::from_utf8(d.name)) else {
                     continue;
                 };
                 found.push((dir.clone(), name.to_string()));
@@ -168,10 +148,7 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
                     Ok(walk) => {
                         set.dirs.extend(walk.dirs);
                         if !walk.entries.is_empty() {
-                            let _ = entries.send(EntryBatch {
-                                serial: *serial,
-                                entries: walk.entries,
-                            });
+                            let _ = entries.send(EntryBatch { serial: *serial, entries: walk.entries });
                         }
                     }
                     Err(e) => {

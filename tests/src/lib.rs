@@ -18,30 +18,17 @@ pub fn probe_bin() -> std::path::PathBuf {
 pub fn target_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("profile dir")
-    } else {
-        dir
-    };
+    let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
     let bin = dir.join(name);
-    assert!(
-        bin.exists(),
-        "{} not built; run the tests through cargo test --workspace",
-        bin.display()
-    );
+    assert!(bin.exists(), "{} not built; run the tests through cargo test --workspace", bin.display());
     bin
 }
 
 /// Fails the test with a clear message unless running as root.
 pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("Uid:")
-                    .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-            })
-        });
+    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
+        s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok()))
+    });
     assert_eq!(
         uid,
         Some(0),
@@ -52,17 +39,9 @@ pub fn require_root() {
 /// Runs `janus-probe OP PATH` in a separate process and returns its result
 /// word (`ok`, `EPERM`, ...). The probe kills itself after 30 s.
 pub fn probe(op: &str, path: impl AsRef<Path>) -> String {
-    let out = Command::new(probe_bin())
-        .arg(op)
-        .arg(path.as_ref())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run janus-probe");
-    assert!(
-        out.status.code() != Some(99),
-        "janus-probe hung (watchdog): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        Command::new(probe_bin()).arg(op).arg(path.as_ref()).stdin(Stdio::null()).output().expect("run janus-probe");
+    assert!(out.status.code() != Some(99), "janus-probe hung (watchdog): {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -94,10 +73,7 @@ pub fn fanotify_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| {
             d.flatten()
-                .filter(|e| {
-                    std::fs::read_link(e.path())
-                        .is_ok_and(|l| l.to_string_lossy().contains("fanotify"))
-                })
+                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("fanotify")))
                 .count()
         })
         .unwrap_or(0)

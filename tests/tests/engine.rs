@@ -39,10 +39,7 @@ struct Fx {
 impl Fx {
     fn new(backend: Backend) -> Fx {
         require_root();
-        let dir = tempfile::Builder::new()
-            .prefix("janus-test-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("janus-test-").tempdir().expect("tempdir");
         let lines = SharedBuf::default();
         let engine = Engine::start(EngineConfig {
             backend: Some(backend),
@@ -52,12 +49,7 @@ impl Fx {
         .expect("start engine (needs root and fanotify)");
         assert_eq!(engine.backend(), backend);
         let records = engine.subscribe(4096);
-        Fx {
-            dir,
-            engine,
-            records,
-            lines,
-        }
+        Fx { dir, engine, records, lines }
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -75,9 +67,7 @@ impl Fx {
             "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata:\n  name: {id}\nspec:\n{}",
             spec.replace("{D}", self.d())
         );
-        let m = GuardManifest::parse_all(&yaml)
-            .unwrap_or_else(|e| panic!("bad test guard: {e}\n{yaml}"))
-            .remove(0);
+        let m = GuardManifest::parse_all(&yaml).unwrap_or_else(|e| panic!("bad test guard: {e}\n{yaml}")).remove(0);
         let policy = Arc::new(Policy::compile(&m.spec).expect("compile"));
         self.engine
             .apply(GuardTarget {
@@ -126,10 +116,7 @@ fn allow_and_deny_with_audit_record() {
         let fx = Fx::new(b);
         write(fx.p("secret"), "s");
         write(fx.p("public"), "p");
-        let report = fx.apply(
-            "basic",
-            "  subjects:\n  - deny: [\"{D}/secret\"]\n    tags: {team: red}\n",
-        );
+        let report = fx.apply("basic", "  subjects:\n  - deny: [\"{D}/secret\"]\n    tags: {team: red}\n");
         assert!(report.marks >= 2, "{report:?}");
         assert_eq!(probe("open", fx.p("secret")), "EPERM", "{b:?}");
         assert_eq!(probe("open", fx.p("public")), "ok", "{b:?}");
@@ -140,30 +127,17 @@ fn allow_and_deny_with_audit_record() {
         assert_eq!(r.node, "test-node");
         assert_eq!(r.mode, "enforce");
         assert_eq!(r.process.as_deref(), Some("janus-probe"));
-        assert!(
-            r.executable
-                .as_deref()
-                .is_some_and(|e| e.ends_with("janus-probe")),
-            "{r:?}"
-        );
+        assert!(r.executable.as_deref().is_some_and(|e| e.ends_with("janus-probe")), "{r:?}");
         assert_eq!(r.uid, Some(0));
-        assert_eq!(
-            r.rule.as_deref(),
-            Some(format!("deny {}/secret", fx.d()).as_str())
-        );
+        assert_eq!(r.rule.as_deref(), Some(format!("deny {}/secret", fx.d()).as_str()));
         assert_eq!(r.tags.get("team").map(String::as_str), Some("red"));
         // JSON lines were written too.
         std::thread::sleep(Duration::from_millis(100));
         let text = String::from_utf8(fx.lines.0.lock().unwrap().clone()).unwrap();
-        let first: AuditRecord =
-            serde_json::from_str(text.lines().next().expect("a line")).expect("JSON line");
+        let first: AuditRecord = serde_json::from_str(text.lines().next().expect("a line")).expect("JSON line");
         assert_eq!(first.decision, "deny");
         fx.engine.remove("basic").unwrap();
-        assert_eq!(
-            probe("open", fx.p("secret")),
-            "ok",
-            "removed guard still enforced"
-        );
+        assert_eq!(probe("open", fx.p("secret")), "ok", "removed guard still enforced");
     });
 }
 
@@ -183,17 +157,11 @@ fn recursion_and_entries_created_after_start() {
         assert_eq!(probe("open", fx.p("tree/a/new-file")), "EPERM");
         // A directory tree created after start is marked by the watcher.
         write(fx.p("tree/a/newdir/sub/f"), "x");
-        assert_eq!(
-            probe_until("open", fx.p("tree/a/newdir/sub/f"), "EPERM", T),
-            "EPERM"
-        );
+        assert_eq!(probe_until("open", fx.p("tree/a/newdir/sub/f"), "EPERM", T), "EPERM");
         // A tree moved in from outside is guarded too.
         write(fx.p("staging/x/moved"), "x");
         std::fs::rename(fx.p("staging"), fx.p("tree/staging")).unwrap();
-        assert_eq!(
-            probe_until("open", fx.p("tree/staging/x/moved"), "EPERM", T),
-            "EPERM"
-        );
+        assert_eq!(probe_until("open", fx.p("tree/staging/x/moved"), "EPERM", T), "EPERM");
     });
 }
 
@@ -202,19 +170,13 @@ fn recursion_and_entries_created_after_start() {
 fn paths_created_after_start() {
     let fx = Fx::new(Backend::IoUring);
     std::fs::create_dir_all(fx.p("base")).unwrap();
-    let report = fx.apply(
-        "later",
-        "  subjects:\n  - deny: [\"{D}/base/later/secret\", \"{D}/base/file.key\"]\n",
-    );
+    let report = fx.apply("later", "  subjects:\n  - deny: [\"{D}/base/later/secret\", \"{D}/base/file.key\"]\n");
     assert_eq!(report.pending.len(), 2, "{report:?}");
     write(fx.p("base/file.key"), "k");
     assert_eq!(probe("open", fx.p("base/file.key")), "EPERM");
     std::fs::create_dir_all(fx.p("base/later")).unwrap();
     write(fx.p("base/later/secret"), "s");
-    assert_eq!(
-        probe_until("open", fx.p("base/later/secret"), "EPERM", T),
-        "EPERM"
-    );
+    assert_eq!(probe_until("open", fx.p("base/later/secret"), "EPERM", T), "EPERM");
     write(fx.p("base/later/other"), "o");
     assert_eq!(probe("open", fx.p("base/later/other")), "ok");
 }
@@ -266,10 +228,7 @@ fn patterns_and_precedence() {
 fn only_dir_guards_directories_not_files() {
     let fx = Fx::new(Backend::IoUring);
     write(fx.p("dirs/sub/file"), "x");
-    fx.apply(
-        "od",
-        "  subjects:\n  - deny: [\"{D}/dirs\"]\n    onlyDir: true\n",
-    );
+    fx.apply("od", "  subjects:\n  - deny: [\"{D}/dirs\"]\n    onlyDir: true\n");
     assert_eq!(probe("list", fx.p("dirs")), "EPERM");
     assert_eq!(probe("list", fx.p("dirs/sub")), "EPERM");
     assert_eq!(probe("open", fx.p("dirs/sub/file")), "ok");
@@ -316,23 +275,13 @@ fn auto_allow_owner_allows_only_the_owner_tree() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    fx.apply_with(
-        "owner",
-        "  subjects:\n  - deny: [\"{D}/own\"]\n    autoAllowOwner: true\n",
-        vec![owner.id()],
-    );
+    fx.apply_with("owner", "  subjects:\n  - deny: [\"{D}/own\"]\n    autoAllowOwner: true\n", vec![owner.id()]);
     writeln!(owner.stdin.as_mut().unwrap(), "go").unwrap();
     let mut line = String::new();
-    BufReader::new(owner.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(owner.stdout.take().unwrap()).read_line(&mut line).unwrap();
     owner.wait().unwrap();
     assert_eq!(line.trim(), "ok ok", "owner and its child must be allowed");
-    assert_eq!(
-        probe("open", fx.p("own/f")),
-        "EPERM",
-        "a process outside the owner's tree must be denied"
-    );
+    assert_eq!(probe("open", fx.p("own/f")), "EPERM", "a process outside the owner's tree must be denied");
 }
 
 #[test]
@@ -347,23 +296,14 @@ fn audit_mode_and_audited_allows() {
     );
     assert_eq!(probe("open", fx.p("s/f")), "ok", "Audit mode must not deny");
     let r = fx.record_for(&fx.p("s/f"));
-    assert_eq!(
-        (r.decision.as_str(), r.mode.as_str()),
-        ("would-deny", "audit")
-    );
+    assert_eq!((r.decision.as_str(), r.mode.as_str()), ("would-deny", "audit"));
     assert_eq!(probe("open", fx.p("logged/f")), "ok");
     let r = fx.record_for(&fx.p("logged/f"));
     assert_eq!(r.decision, "allow");
     std::thread::sleep(Duration::from_millis(100));
     let text = String::from_utf8(fx.lines.0.lock().unwrap().clone()).unwrap();
-    let want = format!(
-        "<WOULD-DENY> open file '{}' (:test-node) k:v",
-        fx.p("s/f").display()
-    );
-    assert!(
-        text.lines().any(|l| l == want),
-        "missing {want:?} in:\n{text}"
-    );
+    let want = format!("<WOULD-DENY> open file '{}' (:test-node) k:v", fx.p("s/f").display());
+    assert!(text.lines().any(|l| l == want), "missing {want:?} in:\n{text}");
 }
 
 #[test]
@@ -379,28 +319,18 @@ fn same_file_by_another_name() {
         assert_eq!(probe("open", fx.p("elsewhere/symlink")), "EPERM");
         assert_eq!(probe("open", fx.p("elsewhere/hardlink")), "EPERM");
         // Through /proc/<pid>/root.
-        let via_proc = format!(
-            "/proc/{}/root{}",
-            std::process::id(),
-            fx.p("vault/secret").display()
-        );
+        let via_proc = format!("/proc/{}/root{}", std::process::id(), fx.p("vault/secret").display());
         assert_eq!(probe("open", &via_proc), "EPERM");
         // A hard link made after start.
         std::fs::hard_link(fx.p("vault/secret"), fx.p("elsewhere/late-link")).unwrap();
         assert_eq!(probe("open", fx.p("elsewhere/late-link")), "EPERM");
         // Through a bind mount of the directory.
         std::fs::create_dir_all(fx.p("bind")).unwrap();
-        let st = std::process::Command::new("mount")
-            .arg("--bind")
-            .arg(fx.p("vault"))
-            .arg(fx.p("bind"))
-            .status()
-            .unwrap();
+        let st =
+            std::process::Command::new("mount").arg("--bind").arg(fx.p("vault")).arg(fx.p("bind")).status().unwrap();
         assert!(st.success(), "mount --bind failed");
         let r = probe("open", fx.p("bind/secret"));
-        let _ = std::process::Command::new("umount")
-            .arg(fx.p("bind"))
-            .status();
+        let _ = std::process::Command::new("umount").arg(fx.p("bind")).status();
         assert_eq!(r, "EPERM", "bind mount");
     });
 }
@@ -421,9 +351,7 @@ fn policy_swap_under_load_loses_nothing() {
         let v1 = "  subjects:\n  - deny: [\"{D}/load/secret\"]\n";
         let v2 = "  subjects:\n  - deny: [\"{D}/load/secret\", \"{D}/load/sometimes\"]\n    audit: true\n";
         fx.apply("swap", v1);
-        let mut paths: Vec<String> = (0..8)
-            .map(|i| fx.p(&format!("load/ok{i}")).display().to_string())
-            .collect();
+        let mut paths: Vec<String> = (0..8).map(|i| fx.p(&format!("load/ok{i}")).display().to_string()).collect();
         paths.push(fx.p("load/secret").display().to_string());
         let openers: Vec<_> = (0..4)
             .map(|_| {
@@ -445,17 +373,10 @@ fn policy_swap_under_load_loses_nothing() {
         let mut total_ok = 0;
         for o in openers {
             let out = o.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "opener failed or hung: {:?}",
-                out.status
-            );
+            assert!(out.status.success(), "opener failed or hung: {:?}", out.status);
             let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             let secret = &counts[&paths[8]];
-            assert_eq!(
-                secret[0], 0,
-                "denied file was opened during a swap: {counts}"
-            );
+            assert_eq!(secret[0], 0, "denied file was opened during a swap: {counts}");
             assert!(secret[1].as_u64().unwrap() > 0, "{counts}");
             for p in &paths[..8] {
                 assert_eq!(counts[p][1], 0, "allowed file denied: {counts}");
@@ -480,13 +401,8 @@ fn stopping_releases_every_opener() {
             write(fx.p(&format!("s/f{i}")), "x");
         }
         // audit: true keeps every open in user space (no kernel cache).
-        fx.apply(
-            "stop",
-            "  subjects:\n  - allow: [\"{D}/s\"]\n    audit: true\n",
-        );
-        let paths: Vec<String> = (0..4)
-            .map(|i| fx.p(&format!("s/f{i}")).display().to_string())
-            .collect();
+        fx.apply("stop", "  subjects:\n  - allow: [\"{D}/s\"]\n    audit: true\n");
+        let paths: Vec<String> = (0..4).map(|i| fx.p(&format!("s/f{i}")).display().to_string()).collect();
         let openers: Vec<_> = (0..4)
             .map(|_| {
                 std::process::Command::new(janus_tests::probe_bin())
@@ -503,17 +419,10 @@ fn stopping_releases_every_opener() {
         engine.stop();
         let marked = janus_tests::marked_inodes(std::process::id());
         let ours = janus_tests::inodes_under(dir.path());
-        assert!(
-            ours.iter().all(|i| !marked.contains(i)),
-            "marks left on the test directory after stop"
-        );
+        assert!(ours.iter().all(|i| !marked.contains(i)), "marks left on the test directory after stop");
         for o in openers {
             let out = o.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "opener hung or failed after stop: {:?}",
-                out.status
-            );
+            assert!(out.status.success(), "opener hung or failed after stop: {:?}", out.status);
             let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             for p in &paths {
                 assert_eq!(counts[p][1], 0, "{counts}");
@@ -536,21 +445,12 @@ fn mountpoint_guards_the_whole_mount() {
     assert!(st.success(), "mount tmpfs failed");
     write(fx.p("mnt/a/secret"), "s");
     write(fx.p("mnt/b/ok"), "s");
-    fx.apply(
-        "mp",
-        "  subjects:\n  - deny: [\"{D}/mnt/**/secret\"]\n    mountpoint: true\n",
-    );
-    let results = (
-        probe("open", fx.p("mnt/a/secret")),
-        probe("open", fx.p("mnt/b/ok")),
-        {
-            write(fx.p("mnt/c/d/secret"), "s");
-            probe("open", fx.p("mnt/c/d/secret"))
-        },
-    );
+    fx.apply("mp", "  subjects:\n  - deny: [\"{D}/mnt/**/secret\"]\n    mountpoint: true\n");
+    let results = (probe("open", fx.p("mnt/a/secret")), probe("open", fx.p("mnt/b/ok")), {
+        write(fx.p("mnt/c/d/secret"), "s");
+        probe("open", fx.p("mnt/c/d/secret"))
+    });
     fx.engine.remove("mp").unwrap();
-    let _ = std::process::Command::new("umount")
-        .arg(fx.p("mnt"))
-        .status();
+    let _ = std::process::Command::new("umount").arg(fx.p("mnt")).status();
     assert_eq!(results, ("EPERM".into(), "ok".into(), "EPERM".into()));
 }

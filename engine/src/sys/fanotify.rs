@@ -60,11 +60,7 @@ pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::R
         kind: i32,
         data: [u8; MAX],
     }
-    let mut h = Handle {
-        bytes: MAX as u32,
-        kind: 0,
-        data: [0; MAX],
-    };
+    let mut h = Handle { bytes: MAX as u32, kind: 0, data: [0; MAX] };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `h` has the `struct file_handle` layout with room for MAX
     // bytes of handle as announced in `bytes`; `path` is NUL-terminated;

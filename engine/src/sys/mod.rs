@@ -3,7 +3,6 @@
 //!
 //! Kept deliberately thin: no policy, no state, only "call the kernel and
 //! turn the result into an `io::Result`".
-#![allow(unsafe_code)]
 
 pub mod fanotify;
 pub mod uring;
@@ -136,35 +135,19 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: `buf` is valid and writable for `buf.len()` bytes.
     let rc = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) }
 }
 
 /// `writev(2)` of `count` consecutive `chunk`-sized pieces of `data`, one
 /// iovec each. fanotify applies one response per iovec.
-pub fn writev_chunks(
-    fd: RawFd,
-    data: &[u8],
-    chunk: usize,
-    iov: &mut Vec<libc::iovec>,
-) -> io::Result<usize> {
+pub fn writev_chunks(fd: RawFd, data: &[u8], chunk: usize, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
     iov.clear();
     for piece in data.chunks(chunk) {
-        iov.push(libc::iovec {
-            iov_base: piece.as_ptr() as *mut _,
-            iov_len: piece.len(),
-        });
+        iov.push(libc::iovec { iov_base: piece.as_ptr() as *mut _, iov_len: piece.len() });
     }
     // SAFETY: every iovec points into `data`, which is borrowed for the call.
     let rc = unsafe { libc::writev(fd, iov.as_ptr(), iov.len() as libc::c_int) };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc as usize)
-    }
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) }
 }
 
 /// `poll(2)` on `fds` (events POLLIN); returns how many are ready.
@@ -196,4 +179,11 @@ pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
 /// The process id of the calling process (the thread group id).
 pub fn getpid() -> u32 {
     std::process::id()
+}
+
+/// `write(2)` of `data`; returns bytes written.
+pub fn write(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // SAFETY: `data` is valid for reads of `data.len()` bytes.
+    let rc = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) }
 }

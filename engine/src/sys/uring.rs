@@ -57,23 +57,15 @@ pub struct Ring {
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring")
-            .field("in_flight", &(self.inflight.len() - self.free.len()))
-            .finish()
+        f.debug_struct("Ring").field("in_flight", &(self.inflight.len() - self.free.len())).finish()
     }
 }
 
 impl Ring {
     /// Creates a ring with `entries` submission slots.
     pub fn new(entries: u32) -> io::Result<Ring> {
-        let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .build(entries)?;
-        Ok(Ring {
-            ring,
-            inflight: Vec::new(),
-            free: Vec::new(),
-        })
+        let ring = IoUring::builder().setup_cqsize(entries * 4).build(entries)?;
+        Ok(Ring { ring, inflight: Vec::new(), free: Vec::new() })
     }
 
     fn slot(&mut self, op: InFlight) -> usize {
@@ -108,18 +100,8 @@ impl Ring {
     /// Reads from `fd` into `buf` (its full length). Returns the op id.
     pub fn read(&mut self, tag: u64, fd: RawFd, mut buf: Vec<u8>) -> io::Result<u64> {
         let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
-        let entry = opcode::Read::new(types::Fd(fd), ptr, len)
-            .offset(u64::MAX)
-            .build();
-        self.push(
-            entry,
-            InFlight {
-                tag,
-                kind: OpKind::Read,
-                buf,
-                iov: Vec::new(),
-            },
-        )
+        let entry = opcode::Read::new(types::Fd(fd), ptr, len).offset(u64::MAX).build();
+        self.push(entry, InFlight { tag, kind: OpKind::Read, buf, iov: Vec::new() })
     }
 
     /// Writes `data` to `fd` as `data.len() / chunk` iovecs of `chunk` bytes
@@ -134,51 +116,22 @@ impl Ring {
     ) -> io::Result<u64> {
         iov.clear();
         for piece in data.chunks(chunk) {
-            iov.push(libc::iovec {
-                iov_base: piece.as_ptr() as *mut _,
-                iov_len: piece.len(),
-            });
+            iov.push(libc::iovec { iov_base: piece.as_ptr() as *mut _, iov_len: piece.len() });
         }
-        let entry = opcode::Writev::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32)
-            .offset(u64::MAX)
-            .build();
-        self.push(
-            entry,
-            InFlight {
-                tag,
-                kind: OpKind::Writev,
-                buf: data,
-                iov,
-            },
-        )
+        let entry = opcode::Writev::new(types::Fd(fd), iov.as_ptr(), iov.len() as u32).offset(u64::MAX).build();
+        self.push(entry, InFlight { tag, kind: OpKind::Writev, buf: data, iov })
     }
 
     /// Closes `fd` asynchronously; ownership passes to the kernel.
     pub fn close(&mut self, tag: u64, fd: OwnedFd) -> io::Result<u64> {
         let entry = opcode::Close::new(types::Fd(fd.into_raw_fd())).build();
-        self.push(
-            entry,
-            InFlight {
-                tag,
-                kind: OpKind::Close,
-                buf: Vec::new(),
-                iov: Vec::new(),
-            },
-        )
+        self.push(entry, InFlight { tag, kind: OpKind::Close, buf: Vec::new(), iov: Vec::new() })
     }
 
     /// Asks the kernel to cancel the operation `op` (an id returned above).
     pub fn cancel(&mut self, tag: u64, op: u64) -> io::Result<u64> {
         let entry = opcode::AsyncCancel::new(op).build();
-        self.push(
-            entry,
-            InFlight {
-                tag,
-                kind: OpKind::Cancel,
-                buf: Vec::new(),
-                iov: Vec::new(),
-            },
-        )
+        self.push(entry, InFlight { tag, kind: OpKind::Cancel, buf: Vec::new(), iov: Vec::new() })
     }
 
     /// Submits queued entries and waits until at least `want` completions.
@@ -197,13 +150,7 @@ impl Ring {
             let idx = cqe.user_data() as usize;
             if let Some(op) = self.inflight.get_mut(idx).and_then(Option::take) {
                 self.free.push(idx);
-                out.push(Completion {
-                    tag: op.tag,
-                    kind: op.kind,
-                    result: cqe.result(),
-                    buf: op.buf,
-                    iov: op.iov,
-                });
+                out.push(Completion { tag: op.tag, kind: op.kind, result: cqe.result(), buf: op.buf, iov: op.iov });
             }
         }
     }
@@ -222,15 +169,7 @@ impl Drop for Ring {
             .inflight
             .iter()
             .enumerate()
-            .filter(|(_, op)| {
-                matches!(
-                    op,
-                    Some(InFlight {
-                        kind: OpKind::Read | OpKind::Writev,
-                        ..
-                    })
-                )
-            })
+            .filter(|(_, op)| matches!(op, Some(InFlight { kind: OpKind::Read | OpKind::Writev, .. })))
             .map(|(i, _)| i as u64)
             .collect();
         for op in pending {
@@ -247,10 +186,7 @@ impl Drop for Ring {
         }
         if self.in_flight() != 0 {
             // Should never happen; leaking is the only memory-safe option.
-            tracing::error!(
-                left = self.in_flight(),
-                "io_uring operations did not finish; leaking their buffers"
-            );
+            tracing::error!(left = self.in_flight(), "io_uring operations did not finish; leaking their buffers");
             std::mem::forget(std::mem::take(&mut self.inflight));
         }
     }

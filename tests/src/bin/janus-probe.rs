@@ -45,9 +45,7 @@ fn main() {
             let mut line = String::new();
             let _ = std::io::stdin().lock().read_line(&mut line);
             let me = op("open", &get(2));
-            let child = std::process::Command::new(&args[0])
-                .args(["open", &get(2)])
-                .output();
+            let child = std::process::Command::new(&args[0]).args(["open", &get(2)]).output();
             let child = child
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_else(|e| format!("ERR:{e}"));
@@ -69,11 +67,8 @@ fn main() {
                     }
                 }
             }
-            let obj: serde_json::Map<String, serde_json::Value> = paths
-                .iter()
-                .zip(&counts)
-                .map(|(p, c)| (p.clone(), serde_json::json!(c)))
-                .collect();
+            let obj: serde_json::Map<String, serde_json::Value> =
+                paths.iter().zip(&counts).map(|(p, c)| (p.clone(), serde_json::json!(c))).collect();
             println!("{}", serde_json::Value::Object(obj));
         }
         kind => println!("{}", op(kind, &get(2))),
