@@ -1,10 +1,10 @@
 //! `janusd`: the Janus node agent.
 //!
 //! `janusd standalone -f GUARD.yaml` enforces guard manifests on this host
-//! without Kubernetes.
+//! without Kubernetes; `janusd serve` is the DaemonSet mode.
 #![forbid(unsafe_code)]
 
-mod observe;
+mod serve;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -21,13 +21,16 @@ struct Cli {
 enum Command {
     /// Enforce JanusGuard manifests on this host until SIGINT/SIGTERM.
     Standalone(standalone::Args),
+    /// Node agent for Kubernetes: serve the janus.v1 gRPC API to the controller.
+    Serve(serve::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    observe::init_logging();
+    janus_agent::observe::init_logging();
     let result = match cli.command {
         Command::Standalone(args) => standalone::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use janus_agent::observe::{self, Ready};
 use janus_engine::policy::Policy;
 use janus_engine::spec::GuardManifest;
 use janus_engine::{Backend, Engine, EngineConfig, GuardTarget, TargetInfo};
@@ -22,7 +23,7 @@ pub struct Args {
     /// JanusGuard manifest file (one or more YAML documents).
     #[arg(short = 'f', long = "file")]
     file: PathBuf,
-    /// Serve Prometheus metrics at http://ADDR/metrics.
+    /// Serve /metrics, /healthz and /readyz over HTTP on ADDR.
     #[arg(long)]
     metrics_addr: Option<SocketAddr>,
     /// Event loop: auto (io_uring if available), io-uring, or plain.
@@ -102,9 +103,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_else(hostname);
     // Validate before touching the kernel: bad input exits non-zero here.
     let targets = load(&args.file, &node, &args.owner_pids)?;
+    let ready = Ready::default();
     if let Some(addr) = args.metrics_addr {
-        crate::observe::install_metrics(addr)?;
-        tracing::info!(%addr, "serving metrics at /metrics");
+        let listener = observe::bind_http(addr)?;
+        observe::spawn_http(listener, observe::install_metrics()?, ready.clone())?;
     }
     let backend = match args.backend.as_str() {
         "io-uring" => Some(Backend::IoUring),
@@ -121,6 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     .context("start enforcement (needs root: CAP_SYS_ADMIN for fanotify)")?;
     tracing::info!(backend = engine.backend().as_str(), "enforcement started");
     apply_all(&engine, targets)?;
+    ready.set();
     tracing::info!(guards = engine.guard_ids().len(), file = %args.file.display(), "janusd standalone ready; SIGHUP reloads, SIGINT/SIGTERM stops");
     for signal in signals.forever() {
         match signal {

@@ -3,6 +3,9 @@
 //! fail loudly when the machine cannot run a test (not root, no fanotify).
 #![forbid(unsafe_code)]
 
+pub mod container;
+pub mod pki;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

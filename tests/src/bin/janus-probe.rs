@@ -1,9 +1,18 @@
 //! `janus-probe`: a tiny opener used by the tests as "another process".
 //! Every operation prints one result word: `ok`, `EPERM`, `ENOENT`, or
-//! `ERR:<message>`. A watchdog exits the process after 30 s so a hung
-//! listener can never leave it behind.
+//! `ERR:<message>`. A watchdog exits the process (status 99) after 30 s, or
+//! `JANUS_PROBE_WATCHDOG` seconds, so a hung listener can never leave it
+//! behind.
+//!
+//! `janus-probe serve` is a test container's main process: it prints
+//! `pid <pid>`, then reads `OP PATH` lines from stdin and answers each with
+//! one line, until stdin closes. Ops: `open`, `read`, `exec`, `list`,
+//! `spawn-open` (a child process of the probe opens PATH; prints the child's
+//! result), `whoami` (`pid=<pid> ppid=<ppid>`), `cgroup` (this process's
+//! /proc/self/cgroup lines, space-separated).
 
 use std::io::{BufRead, Read, Write};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 fn word(r: std::io::Result<()>) -> String {
@@ -19,22 +28,62 @@ fn word(r: std::io::Result<()>) -> String {
 }
 
 fn op(kind: &str, path: &str) -> String {
+    match kind {
+        "whoami" => return format!("pid={} ppid={}", std::process::id(), std::os::unix::process::parent_id()),
+        "cgroup" => {
+            return match std::fs::read_to_string("/proc/self/cgroup") {
+                Ok(s) => s.lines().collect::<Vec<_>>().join(" "),
+                Err(e) => word(Err(e)),
+            };
+        }
+        "spawn-open" => {
+            // A child of this process (for autoAllowOwner: the owner's children).
+            let me = std::env::current_exe().unwrap_or_else(|_| std::env::args().next().unwrap_or_default().into());
+            let out = std::process::Command::new(me).args(["open", path]).stdin(Stdio::null()).output();
+            return out
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_else(|e| format!("ERR:{e}"));
+        }
+        _ => {}
+    }
     word(match kind {
         "open" => std::fs::File::open(path).map(drop),
         "read" => std::fs::File::open(path).and_then(|mut f| {
             let mut b = [0u8; 1];
             f.read(&mut b).map(drop)
         }),
-        "exec" => std::process::Command::new(path).status().map(drop),
+        // stdin/stdout to /dev/null: in `serve` they carry the protocol.
+        "exec" => std::process::Command::new(path).stdin(Stdio::null()).stdout(Stdio::null()).status().map(drop),
         "list" => std::fs::read_dir(path).map(drop),
         _ => Err(std::io::Error::other(format!("unknown op {kind}"))),
     })
 }
 
+/// `serve`: answer `OP PATH` lines until stdin closes.
+fn serve() {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "pid {}", std::process::id());
+    let _ = out.flush();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let (kind, path) = line.split_once(' ').unwrap_or((line, ""));
+        let answer = op(kind, path);
+        if writeln!(out, "{answer}").and_then(|()| out.flush()).is_err() {
+            break;
+        }
+    }
+}
+
 fn main() {
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(30));
-        eprintln!("janus-probe: watchdog expired");
+    let watchdog =
+        std::env::var("JANUS_PROBE_WATCHDOG").ok().and_then(|s| s.trim().parse::<f64>().ok()).unwrap_or(30.0);
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs_f64(watchdog.clamp(0.1, 86_400.0)));
+        eprintln!("janus-probe: watchdog expired after {watchdog} s");
         std::process::exit(99);
     });
     let args: Vec<String> = std::env::args().collect();
@@ -51,6 +100,7 @@ fn main() {
                 .unwrap_or_else(|e| format!("ERR:{e}"));
             println!("{me} {child}");
         }
+        "serve" => serve(),
         // hammer SECONDS PATH...: open+close the paths round robin; print
         // per-path counts as JSON: {"path": [ok, denied, other], ...}.
         "hammer" => {

@@ -1,0 +1,206 @@
+//! `janusctl`: the command line for people.
+//!
+//! - `janusctl state` — what an agent enforces (GetGuardState);
+//! - `janusctl events --follow` — tail audit records from one agent;
+//! - `janusctl explain -f GUARD.yaml PATH...` — which rule decides each path
+//!   and why, offline.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use janus_agent::tls::TlsArgs;
+use janus_engine::Kind;
+use janus_engine::policy::{Policy, Scratch, Verdict};
+use janus_engine::spec::GuardManifest;
+use janus_proto::v1::janusd_client::JanusdClient;
+use janus_proto::v1::{GetGuardStateRequest, WatchEventsRequest};
+
+/// Talk to a Janus agent, or explain a guard offline.
+#[derive(Debug, Parser)]
+#[command(name = "janusctl", version, about)]
+struct Cli {
+    /// Agent address.
+    #[arg(long, global = true, default_value = "https://127.0.0.1:9440")]
+    addr: String,
+    /// Server name to verify in the agent's certificate.
+    #[arg(long, global = true, default_value = "janusd")]
+    server_name: String,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print what the agent enforces.
+    State {
+        /// Print the raw state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print audit records from the agent as JSON lines.
+    Events {
+        /// Keep streaming until interrupted (otherwise stop after --seconds).
+        #[arg(long)]
+        follow: bool,
+        /// Without --follow, how long to listen.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Only this guard (namespace/name).
+        #[arg(long, default_value = "")]
+        guard: String,
+        /// Only this pod (namespace/name).
+        #[arg(long, default_value = "")]
+        pod: String,
+        /// Only this decision (allow, deny, would-deny).
+        #[arg(long, default_value = "")]
+        decision: String,
+    },
+    /// Explain which rule decides each path, for each event kind (offline).
+    Explain {
+        /// JanusGuard manifest.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Treat the paths as directories (for onlyDir rules).
+        #[arg(long)]
+        dir: bool,
+        /// Paths as seen inside the pod.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Explain { file, dir, paths } => explain(file, *dir, paths),
+        _ => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(remote(&cli))),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("janusctl: error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn connect(cli: &Cli) -> anyhow::Result<JanusdClient<tonic::transport::Channel>> {
+    let mut endpoint = tonic::transport::Endpoint::from_shared(cli.addr.clone()).context("--addr")?;
+    if let Some(tls) = cli.tls.client(&cli.server_name)? {
+        endpoint = endpoint.tls_config(tls).context("TLS")?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connect to {}", cli.addr))?;
+    Ok(JanusdClient::new(channel))
+}
+
+async fn remote(cli: &Cli) -> anyhow::Result<()> {
+    let mut client = connect(cli).await?;
+    match &cli.command {
+        Command::State { json } => {
+            let state = client.get_guard_state(GetGuardStateRequest {}).await?.into_inner();
+            if *json {
+                println!("{state:#?}");
+                return Ok(());
+            }
+            println!("node {}: {} guard(s)", state.node, state.guards.len());
+            println!(
+                "{:<30} {:<30} {:<12} {:<10} {:>8} {:>6}  ERROR",
+                "GUARD", "POD", "CONTAINER", "STATE", "PID", "MARKS"
+            );
+            for g in &state.guards {
+                let guard = g.guard.as_ref().map(|x| format!("{}/{}", x.namespace, x.name)).unwrap_or_default();
+                let pod = g.pod.as_ref().map(|x| format!("{}/{}", x.namespace, x.name)).unwrap_or_default();
+                for c in &g.containers {
+                    println!(
+                        "{guard:<30} {pod:<30} {:<12} {:<10} {:>8} {:>6}  {}",
+                        c.name, c.state, c.pid, c.marks, c.last_error
+                    );
+                }
+            }
+        }
+        Command::Events { follow, seconds, guard, pod, decision } => {
+            let req = WatchEventsRequest { guard: guard.clone(), pod: pod.clone(), decision: decision.clone() };
+            let mut stream = client.watch_events(req).await?.into_inner();
+            let deadline = (!follow).then(|| tokio::time::Instant::now() + std::time::Duration::from_secs(*seconds));
+            loop {
+                let next = match deadline {
+                    Some(d) => match tokio::time::timeout_at(d, stream.message()).await {
+                        Ok(m) => m?,
+                        Err(_) => break,
+                    },
+                    None => stream.message().await?,
+                };
+                let Some(ev) = next else { break };
+                let line = serde_json::json!({
+                    "time": ev.time, "guard": ev.guard, "namespace": ev.namespace, "pod": ev.pod,
+                    "container": ev.container, "node": ev.node, "pid": ev.pid, "process": ev.process,
+                    "executable": ev.executable, "uid": ev.uid, "path": ev.path, "event": ev.event,
+                    "decision": ev.decision, "mode": ev.mode, "rule": ev.rule, "tags": ev.tags,
+                });
+                println!("{line}");
+            }
+        }
+        Command::Explain { .. } => unreachable!("handled offline"),
+    }
+    Ok(())
+}
+
+fn explain(file: &PathBuf, is_dir: bool, paths: &[String]) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let guards = GuardManifest::parse_all(&text).with_context(|| file.display().to_string())?;
+    for g in guards {
+        let policy = Policy::compile(&g.spec)?;
+        println!("guard {} (mode {}):", g.qualified_name(), g.spec.mode.as_str());
+        let mut scratch = Scratch::default();
+        for path in paths {
+            if !path.starts_with('/') {
+                anyhow::bail!("{path:?}: paths must be absolute, as seen inside the pod");
+            }
+            let d = policy.decide(path.as_bytes(), is_dir, &mut scratch);
+            println!("  {path}");
+            for kind in Kind::ALL {
+                let line = match d.rule(kind) {
+                    None => "allow  (no rule covers it)".to_string(),
+                    Some(r) => {
+                        let rule = policy.rule(r);
+                        let verdict = match rule.verdict {
+                            Verdict::Allow => "allow",
+                            Verdict::Deny => "deny ",
+                        };
+                        let subject = policy.subject_of(r);
+                        let mut why = format!("by `{}` (subjects[{}])", rule.describe(), rule.subject);
+                        let covering = policy
+                            .rules
+                            .iter()
+                            .filter(|x| x.kinds.contains(kind) && (!x.only_dir || is_dir))
+                            .filter(|x| {
+                                x.pattern
+                                    .covers(&janus_engine::pattern::split_path(path.as_bytes()).collect::<Vec<_>>())
+                            })
+                            .count();
+                        if covering > 1 {
+                            why.push_str(&format!(", the most specific of {covering} covering rules"));
+                        }
+                        if rule.verdict == Verdict::Deny && subject.auto_allow_owner {
+                            why.push_str("; the container's own process tree is allowed (autoAllowOwner)");
+                        }
+                        if rule.verdict == Verdict::Deny && g.spec.mode == janus_engine::spec::Mode::Audit {
+                            why.push_str("; Audit mode: logged as would-deny, allowed");
+                        }
+                        format!("{verdict}  {why}")
+                    }
+                };
+                println!("    {:<6} {line}", kind.as_str());
+            }
+        }
+    }
+    Ok(())
+}

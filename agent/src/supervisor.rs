@@ -1,0 +1,429 @@
+//! The supervisor keeps the engine enforcing what the agent was told to
+//! enforce: it resolves each container to its main process, applies one
+//! guard instance per (guard, pod, container) rooted at that process's root,
+//! retries containers that are not running yet with backoff, re-guards
+//! containers that restart, and drops enforcement for containers that are
+//! gone. It also owns the state file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use janus_engine::policy::Policy;
+use janus_engine::{Engine, GuardTarget, TargetInfo};
+use janus_proto::v1;
+
+use crate::containers::{self, ContainerRef};
+use crate::convert::{self, InvalidField};
+use crate::state::{self, ContainerSpec, DesiredGuard, GuardKey, PodKey, StateError};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Where one container stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Not running yet (or not found): retried with backoff.
+    Pending,
+    /// Enforced.
+    Guarded,
+    /// Applying failed: retried with backoff; see `last_error`.
+    Failed,
+    /// Its process is gone; enforcement removed, waiting for a new one.
+    Gone,
+}
+
+impl ContainerState {
+    /// Name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContainerState::Pending => "Pending",
+            ContainerState::Guarded => "Guarded",
+            ContainerState::Failed => "Failed",
+            ContainerState::Gone => "Gone",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Actual {
+    spec: ContainerSpec,
+    cref: ContainerRef,
+    pid: u32,
+    start_time: u64,
+    state: ContainerState,
+    marks: u64,
+    last_error: String,
+    pending: Vec<String>,
+    backoff: Duration,
+    next_try: Instant,
+}
+
+#[derive(Debug)]
+struct Entry {
+    desired: DesiredGuard,
+    policy: Arc<Policy>,
+    containers: Vec<Actual>,
+}
+
+type Key = (String, String);
+
+fn key_of(guard: &GuardKey, pod_uid: &str) -> Key {
+    (guard.qualified(), pod_uid.to_string())
+}
+
+fn instance_id(d: &DesiredGuard, container: &str) -> String {
+    format!("{}@{}/{}", d.guard.qualified(), d.pod.uid, container)
+}
+
+/// Failures of the supervisor's own (non-request) work.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The state file could not be written: the request changed nothing.
+    #[error("cannot save state: {0}")]
+    State(#[from] StateError),
+    /// The request is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidField),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Supervisor {
+    engine: Engine,
+    node: String,
+    state_path: PathBuf,
+    proc_root: PathBuf,
+    entries: Mutex<BTreeMap<Key, Entry>>,
+}
+
+impl Supervisor {
+    /// A supervisor for `engine` on node `node`.
+    pub fn new(engine: Engine, node: String, state_path: PathBuf, proc_root: PathBuf) -> Supervisor {
+        Supervisor { engine, node, state_path, proc_root, entries: Mutex::default() }
+    }
+
+    /// The engine (for audit subscriptions).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the state file and enforces it. A corrupt file is moved aside
+    /// (kept for inspection) and the agent starts empty; the controller
+    /// resends what it wants.
+    pub fn restore(&self) -> Result<usize, StateError> {
+        let desired = match state::load(&self.state_path) {
+            Ok(d) => d,
+            Err(e @ StateError::Corrupt { .. }) => {
+                let aside = state::quarantine(&self.state_path);
+                tracing::error!(error = %e, moved_to = ?aside, "state file unreadable; starting empty");
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut entries = self.lock();
+        for d in desired {
+            match Self::entry_from(d) {
+                Ok(e) => {
+                    entries.insert(key_of(&e.desired.guard, &e.desired.pod.uid), e);
+                }
+                Err(e) => tracing::error!(error = %e, "dropping an invalid guard from the state file"),
+            }
+        }
+        let n = entries.len();
+        for entry in entries.values_mut() {
+            self.reconcile_entry(entry, true);
+        }
+        Ok(n)
+    }
+
+    fn entry_from(desired: DesiredGuard) -> Result<Entry, InvalidField> {
+        let policy = Arc::new(Policy::compile(&desired.spec)?);
+        let mut containers = Vec::new();
+        for (i, c) in desired.containers.iter().enumerate() {
+            let cref = ContainerRef::parse(&c.runtime_id)
+                .map_err(|e| InvalidField::new(format!("containers[{i}].runtimeId"), e.to_string()))?;
+            containers.push(Actual {
+                spec: c.clone(),
+                cref,
+                pid: 0,
+                start_time: 0,
+                state: ContainerState::Pending,
+                marks: 0,
+                last_error: String::new(),
+                pending: Vec::new(),
+                backoff: BACKOFF_MIN,
+                next_try: Instant::now(),
+            });
+        }
+        Ok(Entry { desired, policy, containers })
+    }
+
+    /// Validates a CreateGuard request into a desired guard.
+    fn desired_from(&self, req: &v1::CreateGuardRequest) -> Result<DesiredGuard, InvalidField> {
+        let g = req.guard.as_ref().ok_or_else(|| InvalidField::new("guard", "is required"))?;
+        let p = req.pod.as_ref().ok_or_else(|| InvalidField::new("pod", "is required"))?;
+        for (field, value) in [
+            ("guard.namespace", &g.namespace),
+            ("guard.name", &g.name),
+            ("pod.namespace", &p.namespace),
+            ("pod.name", &p.name),
+            ("pod.uid", &p.uid),
+        ] {
+            if value.is_empty() {
+                return Err(InvalidField::new(field, "is required"));
+            }
+        }
+        if !p.node.is_empty() && p.node != self.node {
+            return Err(InvalidField::new(
+                "pod.node",
+                format!("is {:?} but this agent runs on node {:?}", p.node, self.node),
+            ));
+        }
+        if req.containers.is_empty() {
+            return Err(InvalidField::new("containers", "at least one container is required"));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in req.containers.iter().enumerate() {
+            if c.name.is_empty() {
+                return Err(InvalidField::new(format!("containers[{i}].name"), "is required"));
+            }
+            if !names.insert(c.name.as_str()) {
+                return Err(InvalidField::new(format!("containers[{i}].name"), format!("{:?} appears twice", c.name)));
+            }
+            ContainerRef::parse(&c.runtime_id)
+                .map_err(|e| InvalidField::new(format!("containers[{i}].runtimeId"), e.to_string()))?;
+        }
+        let spec = convert::spec_from_wire(req.spec.as_ref())?;
+        Policy::compile(&spec)?;
+        Ok(DesiredGuard {
+            guard: GuardKey {
+                namespace: g.namespace.clone(),
+                name: g.name.clone(),
+                uid: g.uid.clone(),
+                generation: g.generation,
+            },
+            pod: PodKey {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+                node: self.node.clone(),
+            },
+            containers: req
+                .containers
+                .iter()
+                .map(|c| ContainerSpec { name: c.name.clone(), runtime_id: c.runtime_id.clone() })
+                .collect(),
+            spec,
+        })
+    }
+
+    fn save(&self, entries: &BTreeMap<Key, Entry>) -> Result<(), StateError> {
+        let all: Vec<DesiredGuard> = entries.values().map(|e| e.desired.clone()).collect();
+        state::save(&self.state_path, &all)
+    }
+
+    /// CreateGuard: validate, persist, enforce, report. Invalid requests and
+    /// state-file failures change nothing.
+    pub fn create(&self, req: &v1::CreateGuardRequest) -> Result<v1::GuardStatus, SupervisorError> {
+        let desired = self.desired_from(req)?;
+        let key = key_of(&desired.guard, &desired.pod.uid);
+        let mut entries = self.lock();
+        if let Some(e) = entries.get_mut(&key)
+            && e.desired == desired
+        {
+            // Idempotent resend: nothing to change, but retry anything due.
+            self.reconcile_entry(e, false);
+            return Ok(status_of(e));
+        }
+        let new = Self::entry_from(desired)?;
+        let old = entries.insert(key.clone(), new);
+        if let Err(e) = self.save(&entries) {
+            match old {
+                Some(o) => entries.insert(key, o),
+                None => entries.remove(&key),
+            };
+            return Err(e.into());
+        }
+        if let Some(old) = old {
+            // Containers that left the pod spec stop being enforced; the
+            // others are replaced atomically by the apply below.
+            let entry = &entries[&key];
+            for c in &old.containers {
+                if !entry.containers.iter().any(|n| n.spec.name == c.spec.name) {
+                    let _ = self.engine.remove(&instance_id(&old.desired, &c.spec.name));
+                }
+            }
+        }
+        let entry = entries.get_mut(&key).expect("just inserted");
+        self.reconcile_entry(entry, true);
+        Ok(status_of(entry))
+    }
+
+    /// DestroyGuard: stop enforcing; unknown (guard, pod) is not an error.
+    pub fn destroy(&self, guard: &GuardKey, pod_uid: &str) -> Result<bool, SupervisorError> {
+        let key = key_of(guard, pod_uid);
+        let mut entries = self.lock();
+        let Some(old) = entries.remove(&key) else { return Ok(false) };
+        if let Err(e) = self.save(&entries) {
+            entries.insert(key, old);
+            return Err(e.into());
+        }
+        for c in &old.containers {
+            if let Err(e) = self.engine.remove(&instance_id(&old.desired, &c.spec.name)) {
+                tracing::error!(error = %e, "remove guard instance");
+            }
+        }
+        Ok(true)
+    }
+
+    /// The full state, for GetGuardState.
+    pub fn state(&self) -> v1::GuardState {
+        let entries = self.lock();
+        v1::GuardState { node: self.node.clone(), guards: entries.values().map(status_of).collect() }
+    }
+
+    /// One pass over every container that is due (retry time reached, or
+    /// guarded but its process changed).
+    pub fn reconcile(&self) {
+        let mut entries = self.lock();
+        let mut counts = [0usize; 4];
+        for entry in entries.values_mut() {
+            self.reconcile_entry(entry, false);
+            for c in &entry.containers {
+                counts[c.state as usize] += 1;
+            }
+        }
+        for (state, n) in
+            [ContainerState::Pending, ContainerState::Guarded, ContainerState::Failed, ContainerState::Gone]
+                .iter()
+                .zip(counts)
+        {
+            metrics::gauge!("janus_agent_containers", "state" => state.as_str()).set(n as f64);
+        }
+    }
+
+    fn reconcile_entry(&self, entry: &mut Entry, force: bool) {
+        let Entry { desired, policy, containers } = entry;
+        for actual in containers.iter_mut() {
+            self.reconcile_container(desired, policy, actual, force);
+        }
+    }
+
+    fn reconcile_container(&self, d: &DesiredGuard, policy: &Arc<Policy>, a: &mut Actual, force: bool) {
+        let id = instance_id(d, &a.spec.name);
+        if a.state == ContainerState::Guarded {
+            if !force && start_time(&self.proc_root, a.pid) == Some(a.start_time) {
+                return; // still the same process
+            }
+            if start_time(&self.proc_root, a.pid) != Some(a.start_time) {
+                // The container's process is gone (exited or restarted):
+                // its root is gone with it.
+                let _ = self.engine.remove(&id);
+                a.state = ContainerState::Gone;
+                a.marks = 0;
+                a.next_try = Instant::now();
+                a.backoff = BACKOFF_MIN;
+                tracing::info!(guard = %id, pid = a.pid, "container process gone; waiting for a new one");
+            }
+        } else if !force && Instant::now() < a.next_try {
+            return;
+        }
+        match containers::resolve(&self.proc_root, &a.cref) {
+            Ok(Some(p)) => {
+                let target = GuardTarget {
+                    id: id.clone(),
+                    info: TargetInfo {
+                        guard: d.guard.qualified(),
+                        namespace: d.pod.namespace.clone(),
+                        pod: d.pod.name.clone(),
+                        container: a.spec.name.clone(),
+                        node: self.node.clone(),
+                    },
+                    policy: policy.clone(),
+                    root: p.root.clone(),
+                    owner_pids: vec![p.pid],
+                };
+                match self.engine.apply(target) {
+                    Ok(report) => {
+                        a.state = ContainerState::Guarded;
+                        a.pid = p.pid;
+                        a.start_time = p.start_time;
+                        a.marks = report.marks as u64;
+                        a.pending = report.pending;
+                        a.last_error.clear();
+                        a.backoff = BACKOFF_MIN;
+                        tracing::info!(guard = %id, pid = p.pid, marks = report.marks, "container guarded");
+                    }
+                    Err(e) => self.failed(a, format!("apply: {e}")),
+                }
+            }
+            Ok(None) => {
+                if a.state != ContainerState::Gone {
+                    a.state = ContainerState::Pending;
+                }
+                a.pid = 0;
+                a.next_try = Instant::now() + a.backoff;
+                a.backoff = (a.backoff * 2).min(BACKOFF_MAX);
+            }
+            Err(e) => self.failed(a, format!("resolve {}: {e}", a.spec.runtime_id)),
+        }
+    }
+
+    fn failed(&self, a: &mut Actual, error: String) {
+        if a.last_error != error {
+            tracing::warn!(container = %a.spec.name, "{error}");
+        }
+        a.state = ContainerState::Failed;
+        a.last_error = error;
+        a.next_try = Instant::now() + a.backoff;
+        a.backoff = (a.backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Start time (field 22 of /proc/<pid>/stat) of a live process.
+fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+fn status_of(e: &Entry) -> v1::GuardStatus {
+    let d = &e.desired;
+    v1::GuardStatus {
+        guard: Some(v1::GuardRef {
+            namespace: d.guard.namespace.clone(),
+            name: d.guard.name.clone(),
+            uid: d.guard.uid.clone(),
+            generation: d.guard.generation,
+        }),
+        pod: Some(v1::PodRef {
+            namespace: d.pod.namespace.clone(),
+            name: d.pod.name.clone(),
+            uid: d.pod.uid.clone(),
+            node: d.pod.node.clone(),
+        }),
+        containers: e
+            .containers
+            .iter()
+            .map(|a| v1::ContainerStatus {
+                name: a.spec.name.clone(),
+                runtime_id: a.spec.runtime_id.clone(),
+                pid: a.pid,
+                state: a.state.as_str().to_string(),
+                marks: a.marks,
+                last_error: a.last_error.clone(),
+                pending_paths: a.pending.clone(),
+            })
+            .collect(),
+        spec: Some(convert::spec_to_wire(&d.spec)),
+    }
+}

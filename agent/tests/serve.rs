@@ -1,0 +1,447 @@
+//! `janusd serve` over real gRPC with mutual TLS, enforcing inside real test
+//! containers (own mount namespace, own root, containerd/CRI-O cgroups).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use janus_proto::v1::janusd_client::JanusdClient;
+use janus_proto::v1::{self, CreateGuardRequest, DestroyGuardRequest, GetGuardStateRequest};
+use janus_tests::container::{Layout, TestContainer};
+use janus_tests::pki::Pki;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const JANUSD: &str = env!("CARGO_BIN_EXE_janusd");
+const NODE: &str = "node-a";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Agent {
+    child: Child,
+    logs: mpsc::Receiver<String>,
+    grpc: u16,
+    http: u16,
+}
+
+impl Agent {
+    fn start(pki: &Pki, state: &Path) -> Agent {
+        let (grpc, http) = (free_port(), free_port());
+        let mut child = Command::new(JANUSD)
+            .args(["serve", "--node-name", NODE, "--resync", "100ms"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{grpc}"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{http}"))
+            .arg("--state-file")
+            .arg(state)
+            .arg("--tls-cert")
+            .arg(&pki.server_cert)
+            .arg("--tls-key")
+            .arg(&pki.server_key)
+            .arg("--tls-ca")
+            .arg(&pki.ca)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, logs) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("janusd: {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let a = Agent { child, logs, grpc, http };
+        a.wait_log("janusd serve ready");
+        a
+    }
+
+    fn wait_log(&self, needle: &str) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.logs.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("janusd never logged {needle:?}");
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn http_get(&self, path: &str) -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.http)).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+enum Cred {
+    Valid,
+    Rogue,
+    NoCert,
+}
+
+async fn client(agent: &Agent, pki: &Pki, cred: Cred) -> Result<JanusdClient<Channel>, String> {
+    let ca = Certificate::from_pem(std::fs::read(&pki.ca).unwrap());
+    let mut tls = ClientTlsConfig::new().domain_name("janusd").ca_certificate(ca);
+    match cred {
+        Cred::Valid => {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(&pki.client_cert).unwrap(),
+                std::fs::read(&pki.client_key).unwrap(),
+            ))
+        }
+        Cred::Rogue => {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(&pki.rogue_cert).unwrap(),
+                std::fs::read(&pki.rogue_key).unwrap(),
+            ))
+        }
+        Cred::NoCert => {}
+    }
+    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{}", agent.grpc))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(60))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    Ok(JanusdClient::new(ch))
+}
+
+fn guard_ref(name: &str) -> Option<v1::GuardRef> {
+    Some(v1::GuardRef { namespace: "default".into(), name: name.into(), uid: format!("uid-{name}"), generation: 1 })
+}
+
+fn pod_ref(name: &str, uid: &str) -> Option<v1::PodRef> {
+    Some(v1::PodRef { namespace: "default".into(), name: name.into(), uid: uid.into(), node: NODE.into() })
+}
+
+fn create_req(guard: &str, c: &TestContainer, deny: &[&str]) -> CreateGuardRequest {
+    CreateGuardRequest {
+        guard: guard_ref(guard),
+        pod: pod_ref("web", c.pod_uid()),
+        containers: vec![v1::Container { name: "app".into(), runtime_id: c.runtime_id() }],
+        spec: Some(v1::GuardSpec {
+            subjects: vec![v1::Subject { deny: deny.iter().map(|s| s.to_string()).collect(), ..Default::default() }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn destroy_req(guard: &str, c: &TestContainer) -> DestroyGuardRequest {
+    DestroyGuardRequest { guard: guard_ref(guard), pod: pod_ref("web", c.pod_uid()) }
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    state: PathBuf,
+}
+
+fn setup() -> Setup {
+    janus_tests::require_root();
+    let dir = tempfile::Builder::new().prefix("janus-agent-").tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let state = dir.path().join("state/state.json");
+    Setup { _dir: dir, pki, state }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+#[test]
+#[ignore = "needs root"]
+fn create_update_destroy_and_watch_over_grpc() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s"), ("/data/ok", "o")]);
+    let b = TestContainer::start(Layout::CrioSystemdV2, &[("/data/secret", "s"), ("/data/ok", "o")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let mut events = c
+            .watch_events(v1::WatchEventsRequest { decision: "deny".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let st = c.create_guard(create_req("g1", &a, &["/data/secret"])).await.unwrap().into_inner();
+        let cs = &st.containers[0];
+        assert_eq!((cs.state.as_str(), cs.pid), ("Guarded", a.pid()), "{st:?}");
+        assert!(cs.marks > 0);
+        assert_eq!(a.op("open", "/data/secret"), "EPERM");
+        assert_eq!(a.op("open", "/data/ok"), "ok");
+        assert_eq!(b.op("open", "/data/secret"), "ok", "another container must not be affected");
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.message()).await.unwrap().unwrap().unwrap();
+        assert_eq!((ev.path.as_str(), ev.pod.as_str(), ev.container.as_str()), ("/data/secret", "web", "app"));
+        assert_eq!((ev.decision.as_str(), ev.node.as_str(), ev.guard.as_str()), ("deny", NODE, "default/g1"));
+
+        // Idempotent resend, then an update.
+        c.create_guard(create_req("g1", &a, &["/data/secret"])).await.unwrap();
+        c.create_guard(create_req("g1", &a, &["/data/ok"])).await.unwrap();
+        assert_eq!(a.op("open", "/data/ok"), "EPERM");
+        assert_eq!(a.op("open", "/data/secret"), "ok");
+
+        // Destroy, twice (idempotent).
+        assert!(c.destroy_guard(destroy_req("g1", &a)).await.unwrap().into_inner().existed);
+        assert!(!c.destroy_guard(destroy_req("g1", &a)).await.unwrap().into_inner().existed);
+        assert_eq!(a.op("open", "/data/ok"), "ok");
+        assert!(c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner().guards.is_empty());
+
+        // How long CreateGuard takes to become enforcement: the reply comes
+        // after the marks are in place, so the call's duration is the delay.
+        let mut took = Vec::new();
+        for i in 0..60 {
+            let deny = if i % 2 == 0 { "/data/secret" } else { "/data/ok" };
+            let t = Instant::now();
+            c.create_guard(create_req("lat", &a, &[deny])).await.unwrap();
+            took.push(t.elapsed());
+            assert_eq!(a.op("open", deny), "EPERM");
+        }
+        took.sort();
+        eprintln!(
+            "CreateGuard -> enforcement over {} tries: median {:?}, p99 {:?}",
+            took.len(),
+            percentile(&took, 0.5),
+            percentile(&took, 0.99)
+        );
+        c.destroy_guard(destroy_req("lat", &a)).await.unwrap();
+    });
+    let metrics = agent.http_get("/metrics");
+    assert!(metrics.contains("janus_agent_requests_total"), "{metrics}");
+    assert!(agent.http_get("/readyz").contains("200"));
+    assert!(agent.http_get("/healthz").contains("200"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn refuses_clients_without_a_valid_certificate_and_bad_requests() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdCgroupfsV1, &[("/data/secret", "s")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        for cred in [Cred::NoCert, Cred::Rogue] {
+            let refused = match client(&agent, &s.pki, cred).await {
+                Err(_) => true,
+                Ok(mut c) => c.get_guard_state(GetGuardStateRequest {}).await.is_err(),
+            };
+            assert!(refused, "a client without a certificate signed by the CA was served");
+        }
+        let plain = Endpoint::from_shared(format!("http://127.0.0.1:{}", agent.grpc)).unwrap().connect().await;
+        if let Ok(ch) = plain {
+            assert!(JanusdClient::new(ch).get_guard_state(GetGuardStateRequest {}).await.is_err(), "plaintext served");
+        }
+
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        c.create_guard(create_req("good", &a, &["/data/secret"])).await.unwrap();
+        let before = c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner();
+        let state_file = std::fs::read(&s.state).unwrap();
+        let cases: Vec<(CreateGuardRequest, &str)> = vec![
+            (create_req("good", &a, &["relative/path"]), "spec.subjects[0].deny[0]"),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.spec.as_mut().unwrap().subjects[0].events = vec!["open".into(), "write".into()];
+                    r
+                },
+                "spec.subjects[0].events[1]",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.containers[0].runtime_id = "rkt://nope".into();
+                    r
+                },
+                "containers[0].runtimeId",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.pod.as_mut().unwrap().node = "node-b".into();
+                    r
+                },
+                "pod.node",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.guard = None;
+                    r
+                },
+                "guard",
+            ),
+        ];
+        for (req, field) in cases {
+            let err = c.create_guard(req).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().starts_with(field), "message {:?} should name {field}", err.message());
+        }
+        let after = c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner();
+        assert_eq!(before, after, "an invalid request changed the state");
+        assert_eq!(state_file, std::fs::read(&s.state).unwrap(), "an invalid request changed the state file");
+        assert_eq!(a.op("open", "/data/secret"), "EPERM", "previous good state must keep enforcing");
+    });
+}
+
+/// Kill -9 the agent while the container hammers guarded files: no opener
+/// stays blocked. Restart it: the guard is back before the first request.
+#[test]
+#[ignore = "needs root"]
+fn survives_kill_and_restores_state_before_serving() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s"), ("/data/ok", "o")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let mut req = create_req("persist", &a, &["/data/secret"]);
+        // Audited allows keep every open of /data/ok going through the agent.
+        req.spec.as_mut().unwrap().subjects.push(v1::Subject {
+            allow: vec!["/data/ok".into()],
+            audit: true,
+            ..Default::default()
+        });
+        c.create_guard(req).await.unwrap();
+    });
+    // Load from inside the container, then kill the agent mid-load.
+    let hammer = a.exec_spawn(&["hammer", "3", "/data/ok", "/data/secret"]);
+    std::thread::sleep(Duration::from_millis(700));
+    agent.kill9();
+    let out = hammer.wait_with_output().unwrap();
+    assert!(out.status.success(), "an opener stayed blocked after the agent died: {:?}", out.status);
+    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(counts["/data/ok"][0].as_u64().unwrap() > 0, "{counts}");
+    assert_eq!(a.op("open", "/data/secret"), "ok", "a dead agent must not keep denying");
+
+    let agent = Agent::start(&s.pki, &s.state);
+    // "ready" is logged after the state is enforced: deny at once.
+    assert_eq!(a.op("open", "/data/secret"), "EPERM");
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let st = c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner();
+        assert_eq!(st.guards.len(), 1);
+        assert_eq!(st.guards[0].containers[0].state, "Guarded");
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn container_restart_and_late_start_are_guarded() {
+    let s = setup();
+    let agent = Agent::start(&s.pki, &s.state);
+    let mut late = TestContainer::prepare(Layout::CrioSystemdV2, &[("/data/secret", "s")]);
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let st = c.create_guard(create_req("late", &late, &["/data/secret"])).await.unwrap().into_inner();
+        assert_eq!(st.containers[0].state, "Pending", "{st:?}");
+        late.launch();
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner();
+            let cs = &st.guards[0].containers[0];
+            if cs.state == "Guarded" {
+                assert_eq!(cs.pid, late.pid());
+                break;
+            }
+            assert!(Instant::now() < end, "container never guarded: {st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(late.op("open", "/data/secret"), "EPERM");
+        let old = late.pid();
+        late.restart();
+        assert_ne!(old, late.pid());
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = c.get_guard_state(GetGuardStateRequest {}).await.unwrap().into_inner();
+            let cs = &st.guards[0].containers[0];
+            if cs.state == "Guarded" && cs.pid == late.pid() {
+                break;
+            }
+            assert!(Instant::now() < end, "restarted container never re-guarded: {st:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(late.op("open", "/data/secret"), "EPERM");
+    });
+}
+
+fn agent_resources(pid: u32) -> (usize, usize, u64, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let marks = janus_tests::marked_inodes(pid).len();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    (fds, marks, field("Threads:"), field("VmRSS:"))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn create_destroy_cycles_leave_no_leak() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s"), ("/data/d/f", "x")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    let pid = agent.pid();
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        // Warm up (allocator pools, thread pools), then measure.
+        for _ in 0..20 {
+            c.create_guard(create_req("cycle", &a, &["/data/secret"])).await.unwrap();
+            c.destroy_guard(destroy_req("cycle", &a)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = agent_resources(pid);
+        for i in 0..1000 {
+            let st = c.create_guard(create_req("cycle", &a, &["/data/secret", "/data/d"])).await.unwrap().into_inner();
+            assert_eq!(st.containers[0].state, "Guarded", "cycle {i}: {st:?}");
+            c.destroy_guard(destroy_req("cycle", &a)).await.unwrap();
+        }
+        // Short-lived threads (group closers, idle blocking-pool workers)
+        // wind down on their own; a leak stays.
+        let mut after = agent_resources(pid);
+        let settle = Instant::now() + Duration::from_secs(15);
+        while (after.0 != before.0 || after.2 > before.2) && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            after = agent_resources(pid);
+        }
+        eprintln!("agent fds/marks/threads/rss_kb before {before:?} after 1000 cycles {after:?}");
+        assert_eq!(before.0, after.0, "fd count changed");
+        assert_eq!(after.1, 0, "marks left after destroy");
+        // Idle blocking-pool workers may retire, so the count can shrink;
+        // it must not grow.
+        assert!(after.2 <= before.2, "thread count grew from {} to {}", before.2, after.2);
+        assert!(after.3 < before.3 + 8 * 1024, "RSS grew from {} kB to {} kB", before.3, after.3);
+    });
+}
