@@ -108,7 +108,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         let listener = tokio::net::TcpListener::from_std(grpc)?;
         let addr = listener.local_addr()?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // No Nagle: small replies must not wait for a delayed ACK (40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         ready.set();
         tracing::info!(%addr, "janusd serve ready");
         builder

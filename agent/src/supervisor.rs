@@ -334,7 +334,10 @@ impl Supervisor {
         } else if !force && Instant::now() < a.next_try {
             return;
         }
-        match containers::resolve(&self.proc_root, &a.cref) {
+        let t0 = Instant::now();
+        let resolved = containers::resolve(&self.proc_root, &a.cref);
+        let t_resolve = t0.elapsed();
+        match resolved {
             Ok(Some(p)) => {
                 let target = GuardTarget {
                     id: id.clone(),
@@ -349,7 +352,10 @@ impl Supervisor {
                     root: p.root.clone(),
                     owner_pids: vec![p.pid],
                 };
-                match self.engine.apply(target) {
+                let t1 = Instant::now();
+                let applied = self.engine.apply(target);
+                tracing::debug!(guard = %id, resolve = ?t_resolve, apply = ?t1.elapsed(), "reconciled container");
+                match applied {
                     Ok(report) => {
                         a.state = ContainerState::Guarded;
                         a.pid = p.pid;

@@ -211,6 +211,9 @@ log "etcd healthy"
 api_args=(
 	--bind-address=127.0.0.1
 	--advertise-address=127.0.0.1
+	# The endpoint reconciler refuses a loopback advertise address; nothing
+	# here needs the "kubernetes" Service's endpoints.
+	--endpoint-reconciler-type=none
 	--secure-port="$API_PORT"
 	--etcd-servers="$ETCD_URL"
 	--cert-dir="$PKI"
