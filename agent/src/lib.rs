@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod convert;
+pub mod limits;
 pub mod observe;
 pub mod service;
 pub mod state;

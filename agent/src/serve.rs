@@ -40,6 +40,10 @@ pub struct Args {
     /// How often containers are checked (restarts, retries).
     #[arg(long, default_value = "250ms", value_parser = parse_duration)]
     resync: Duration,
+    /// Raise fs.fanotify.max_user_groups to at least this (each guard
+    /// instance uses two groups); 0 leaves the kernel setting alone.
+    #[arg(long, default_value_t = 8192)]
+    max_fanotify_groups: u64,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let grpc = std::net::TcpListener::bind(args.listen).with_context(|| format!("bind gRPC {}", args.listen))?;
     grpc.set_nonblocking(true)?;
     let metrics = observe::install_metrics()?;
+    janus_agent::limits::raise_fanotify_group_limit(args.max_fanotify_groups);
     let ready = Ready::default();
     let backend = match args.backend.as_str() {
         "io-uring" => Some(Backend::IoUring),

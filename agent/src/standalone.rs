@@ -32,6 +32,10 @@ pub struct Args {
     /// Process whose tree `autoAllowOwner` subjects allow (repeatable).
     #[arg(long = "owner-pid")]
     owner_pids: Vec<u32>,
+    /// Raise fs.fanotify.max_user_groups to at least this (each guard
+    /// instance uses two groups); 0 leaves the kernel setting alone.
+    #[arg(long, default_value_t = 8192)]
+    max_fanotify_groups: u64,
     /// Node name written into audit records (default: the host name).
     #[arg(long)]
     node_name: Option<String>,

@@ -58,7 +58,7 @@ pid_alive() {
 	[[ $pid =~ ^[0-9]+$ ]] || return 1
 	[[ -r /proc/$pid/cmdline ]] || return 1
 	local cmd
-	cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+	{ cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline"); } 2>/dev/null || return 1
 	[[ $cmd == *"$2"* && $cmd == *"$DIR/"* ]]
 }
 
@@ -158,13 +158,29 @@ fi
 chmod 600 "$PKI"/*.key
 
 # ---- processes --------------------------------------------------------------
+# Children of this run: checked and, on failure, stopped by pid (they are our
+# own children, so even before they exec, when their command line is still
+# this script's, the pid is theirs).
 started=()
+child_alive() { # running and not a zombie
+	local st
+	{ st=$(awk '{print $3}' "/proc/$1/stat"); } 2>/dev/null || return 1
+	[[ -n $st && $st != Z ]]
+}
 cleanup_on_error() {
-	local rc=$?
-	if ((rc != 0)) && ((${#started[@]} > 0)); then
-		log "start failed: stopping what this run started"
-		"$HERE/stop.sh" "$DIR" >&2 || true
-	fi
+	local rc=$? pid deadline
+	((rc != 0)) || return 0
+	((${#started[@]} > 0)) || return 0
+	log "start failed: stopping what this run started (pids ${started[*]})"
+	for pid in "${started[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	deadline=$((SECONDS + 10))
+	for pid in "${started[@]}"; do
+		while child_alive "$pid" && ((SECONDS < deadline)); do sleep 0.2; done
+		child_alive "$pid" && kill -KILL "$pid" 2>/dev/null
+	done
+	"$HERE/stop.sh" "$DIR" >&2 || true
 }
 trap cleanup_on_error EXIT
 
@@ -197,12 +213,13 @@ etcd_args=(
 [[ ${JANUS_K8S_ETCD_FSYNC:-0} == 1 ]] || etcd_args+=(--unsafe-no-fsync)
 log "starting etcd on $ETCD_URL (log $DIR/etcd.log)"
 "$BIN/etcd" "${etcd_args[@]}" </dev/null >"$DIR/etcd.log" 2>&1 &
-echo $! >"$DIR/etcd.pid"
-started+=(etcd)
+ETCD_PID=$!
+echo "$ETCD_PID" >"$DIR/etcd.pid"
+started+=("$ETCD_PID")
 
 deadline=$((SECONDS + TIMEOUT))
 until [[ $(curl -sS --max-time 2 "$ETCD_URL/health" 2>/dev/null) == *'"health":"true"'* ]]; do
-	pid_alive "$DIR/etcd.pid" etcd || fail "etcd exited during startup"
+	child_alive "$ETCD_PID" || fail "etcd exited during startup"
 	((SECONDS < deadline)) || fail "etcd not healthy after ${TIMEOUT}s (JANUS_K8S_START_TIMEOUT)"
 	sleep 0.5
 done
@@ -247,13 +264,14 @@ cp -f "$DIR/users/janus-controller.kubeconfig" "$DIR/controller.kubeconfig"
 
 log "starting kube-apiserver on $SERVER (log $DIR/kube-apiserver.log)"
 "$BIN/kube-apiserver" "${api_args[@]}" </dev/null >"$DIR/kube-apiserver.log" 2>&1 &
-echo $! >"$DIR/kube-apiserver.pid"
-started+=(kube-apiserver)
+API_PID=$!
+echo "$API_PID" >"$DIR/kube-apiserver.pid"
+started+=("$API_PID")
 
 last=
 until [[ $last == ok ]]; do
-	pid_alive "$DIR/kube-apiserver.pid" kube-apiserver || fail "kube-apiserver exited during startup"
-	pid_alive "$DIR/etcd.pid" etcd || fail "etcd exited while kube-apiserver was starting"
+	child_alive "$API_PID" || fail "kube-apiserver exited during startup"
+	child_alive "$ETCD_PID" || fail "etcd exited while kube-apiserver was starting"
 	if ((SECONDS >= deadline)); then
 		fail "kube-apiserver not ready after ${TIMEOUT}s (JANUS_K8S_START_TIMEOUT); last /readyz?verbose answer:
 $(curl_admin "$SERVER/readyz?verbose" 2>&1 | grep -v '\[+\]' | tail -n 20)"
@@ -283,8 +301,8 @@ export JANUS_K8S_ADMIN_CERT=$(q "$PKI/users/janus-admin.crt")
 export JANUS_K8S_ADMIN_KEY=$(q "$PKI/users/janus-admin.key")
 export JANUS_K8S_USER_SCRIPT=$(q "$HERE/user.sh")
 export JANUS_K8S_ETCD_URL=$(q "$ETCD_URL")
-export JANUS_K8S_ETCD_PID=$(<"$DIR/etcd.pid")
-export JANUS_K8S_APISERVER_PID=$(<"$DIR/kube-apiserver.pid")
+export JANUS_K8S_ETCD_PID=$ETCD_PID
+export JANUS_K8S_APISERVER_PID=$API_PID
 export JANUS_K8S_BIN=$(q "$BIN")
 EOF
 mv -f "$DIR/env.tmp" "$DIR/env"

@@ -31,7 +31,7 @@ TIMEOUT=${JANUS_K8S_STOP_TIMEOUT:-20}
 ours() { # ours PID NAME
 	local cmd
 	[[ -r /proc/$1/cmdline ]] || return 1
-	cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+	{ cmd=$(tr '\0' ' ' <"/proc/$1/cmdline"); } 2>/dev/null || return 1
 	[[ $cmd == *"$2"* && $cmd == *"$DIR/"* ]]
 }
 

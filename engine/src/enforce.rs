@@ -189,6 +189,7 @@ struct Batch {
 /// Decision making shared by both backends.
 struct Decider {
     pid: u32,
+    procs: HashMap<i32, (crate::audit::ProcessInfo, Instant)>,
     queue: Queue,
     path: Vec<u8>,
     batch_size: metrics::Histogram,
@@ -202,6 +203,7 @@ impl Decider {
     fn new(queue: Queue) -> Decider {
         Decider {
             pid: sys::getpid(),
+            procs: HashMap::new(),
             queue,
             path: vec![0; libc::PATH_MAX as usize + 1],
             batch_size: metrics::histogram!(m::BATCH_SIZE),
@@ -278,6 +280,7 @@ impl Decider {
                 Some(r) => (Some(rt.rule_text[r as usize].clone()), policy.subject_of(r).tags.clone()),
                 None => (None, Default::default()),
             };
+            let process = (outcome != Outcome::Allow).then(|| self.process_info(ev.pid));
             self.queue.push(Pending {
                 time: SystemTime::now(),
                 target: rt.info.clone(),
@@ -290,7 +293,7 @@ impl Decider {
                 rule: rule_text,
                 tags,
                 log_format: policy.log_format.clone(),
-                process: (outcome != Outcome::Allow).then(|| crate::audit::process_info(ev.pid)),
+                process,
             });
         }
         outcome != Outcome::Deny
@@ -340,6 +343,29 @@ impl Decider {
         entry
     }
 }
+
+impl Decider {
+    /// Process details for a denial, read while the process still waits on
+    /// us. Cached for a second per pid, so a process hammering a denied file
+    /// costs three /proc reads per second, not per event.
+    fn process_info(&mut self, pid: i32) -> crate::audit::ProcessInfo {
+        let now = Instant::now();
+        if let Some((info, at)) = self.procs.get(&pid)
+            && now.duration_since(*at) < PROCESS_INFO_TTL
+        {
+            return info.clone();
+        }
+        if self.procs.len() >= 4096 {
+            self.procs.retain(|_, (_, at)| now.duration_since(*at) < PROCESS_INFO_TTL);
+        }
+        let info = crate::audit::process_info(pid);
+        self.procs.insert(pid, (info.clone(), now));
+        info
+    }
+}
+
+/// How long process details of a pid are reused.
+const PROCESS_INFO_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Whether `pid` is one of `owners` or descends from one.
 fn is_owned(pid: i32, owners: &[u32]) -> bool {

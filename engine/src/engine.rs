@@ -234,6 +234,22 @@ impl Drop for Runtime {
     }
 }
 
+/// A failed `fanotify_init`, explained when it is the per-user group limit
+/// (each guard instance uses two groups).
+pub(crate) fn group_error(which: &str, e: std::io::Error) -> EngineError {
+    if e.raw_os_error() == Some(libc::EMFILE) {
+        let limit = std::fs::read_to_string("/proc/sys/fs/fanotify/max_user_groups").unwrap_or_default();
+        return EngineError::io(
+            format!(
+                "fanotify_init ({which} group): the per-user limit of fanotify groups (fs.fanotify.max_user_groups = {}) is reached; each guard instance uses two",
+                limit.trim()
+            ),
+            e,
+        );
+    }
+    EngineError::io(format!("fanotify_init ({which} group)"), e)
+}
+
 /// The prefix `readlink(/proc/self/fd/N)` shows for files under `root`.
 fn shown_prefix(root: &Path) -> Vec<u8> {
     let shown =
@@ -300,7 +316,7 @@ impl Engine {
             Ok(fd) => fd,
             Err(e) => {
                 self.enforcer.retire(serial)?;
-                return Err(EngineError::io("fanotify_init (notification group)", e));
+                return Err(group_error("notification", e));
             }
         };
         let walk = match marks::initial(&rt, notif.as_fd(), self.max_walk) {
