@@ -9,4 +9,3 @@ pub mod observe;
 pub mod service;
 pub mod state;
 pub mod supervisor;
-pub mod tls;

@@ -12,7 +12,7 @@ use anyhow::Context;
 use janus_agent::observe::{self, Ready};
 use janus_agent::service::Service;
 use janus_agent::supervisor::Supervisor;
-use janus_agent::tls::TlsArgs;
+use janus_common::tls::TlsArgs;
 use janus_engine::{Backend, Engine, EngineConfig};
 use janus_proto::v1::janusd_server::JanusdServer;
 

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use janus_agent::tls::TlsArgs;
+use janus_common::tls::TlsArgs;
 use janus_engine::Kind;
 use janus_engine::policy::{Policy, Scratch, Verdict};
 use janus_engine::spec::GuardManifest;

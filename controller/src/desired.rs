@@ -1,0 +1,161 @@
+//! What should be enforced: for a guard, the running pods it selects and the
+//! CreateGuard request each needs. Pure functions of API objects.
+
+use std::collections::BTreeMap;
+
+use janus_proto::v1;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::crd::{EventName, JanusGuard, Mode};
+
+/// A pod the guard should be enforced on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    /// Node the pod runs on (which agent to call).
+    pub node: String,
+    /// The request to send.
+    pub request: v1::CreateGuardRequest,
+}
+
+/// `namespace/name` of a guard.
+pub fn guard_key(g: &JanusGuard) -> String {
+    format!("{}/{}", g.namespace().unwrap_or_default(), g.name_any())
+}
+
+/// Running containers of a pod with their runtime IDs, if the pod can be
+/// guarded now: scheduled, Running, not being deleted, at least one running
+/// container with an ID.
+pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<v1::Container>)> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let node = pod.spec.as_ref()?.node_name.clone()?;
+    let status = pod.status.as_ref()?;
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
+    let containers: Vec<v1::Container> = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        .filter_map(|c| {
+            let id = c.container_id.clone().filter(|id| !id.is_empty())?;
+            Some(v1::Container { name: c.name.clone(), runtime_id: id })
+        })
+        .collect();
+    (!containers.is_empty()).then_some((node, containers))
+}
+
+/// The guard's spec on the wire.
+pub fn spec_to_wire(g: &JanusGuard) -> v1::GuardSpec {
+    v1::GuardSpec {
+        subjects: g
+            .spec
+            .subjects
+            .iter()
+            .map(|s| v1::Subject {
+                allow: s.allow.clone(),
+                deny: s.deny.clone(),
+                events: s
+                    .events
+                    .iter()
+                    .map(|e| {
+                        match e {
+                            EventName::All => "all",
+                            EventName::Access => "access",
+                            EventName::Open => "open",
+                            EventName::Exec => "exec",
+                        }
+                        .to_string()
+                    })
+                    .collect(),
+                only_dir: s.only_dir.unwrap_or(false),
+                auto_allow_owner: s.auto_allow_owner.unwrap_or(false),
+                audit: s.audit.unwrap_or(false),
+                tags: s.tags.clone().unwrap_or_default().into_iter().collect(),
+                mountpoint: s.mountpoint.unwrap_or(false),
+            })
+            .collect(),
+        mode: match g.spec.mode.unwrap_or_default() {
+            Mode::Enforce => "Enforce",
+            Mode::Audit => "Audit",
+        }
+        .to_string(),
+        log_format: g.spec.log_format.clone().unwrap_or_default(),
+    }
+}
+
+/// Every pod in `pods` the guard selects and can guard now, keyed by pod uid.
+pub fn targets<'a>(g: &JanusGuard, pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<String, Target> {
+    let ns = g.namespace().unwrap_or_default();
+    let spec = spec_to_wire(g);
+    let guard = v1::GuardRef {
+        namespace: ns.clone(),
+        name: g.name_any(),
+        uid: g.uid().unwrap_or_default(),
+        generation: g.metadata.generation.unwrap_or(0),
+    };
+    let mut out = BTreeMap::new();
+    for pod in pods {
+        if pod.namespace().as_deref() != Some(ns.as_str()) || !crate::selector::matches(&g.spec.selector, pod.labels()) {
+            continue;
+        }
+        let (Some(uid), Some((node, containers))) = (pod.uid(), guardable_containers(pod)) else { continue };
+        let request = v1::CreateGuardRequest {
+            guard: Some(guard.clone()),
+            pod: Some(v1::PodRef { namespace: ns.clone(), name: pod.name_any(), uid: uid.clone(), node: node.clone() }),
+            containers,
+            spec: Some(spec.clone()),
+        };
+        out.insert(uid, Target { node, request });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, labels: &[(&str, &str)], phase: &str, running: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "web", "uid": format!("uid-{name}"),
+                         "labels": labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app"}]},
+            "status": {"phase": phase, "containerStatuses": [{
+                "name": "app", "image": "x", "imageID": "", "ready": running, "restartCount": 0,
+                "containerID": "containerd://0123456789abcdef",
+                "state": if running { serde_json::json!({"running": {}}) } else { serde_json::json!({"waiting": {}}) }
+            }]}
+        }))
+        .unwrap()
+    }
+
+    fn guard() -> JanusGuard {
+        serde_norway::from_str(
+            "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata: {name: g, namespace: web, uid: gu, generation: 4}\nspec:\n  selector: {matchLabels: {run: nginx}}\n  mode: Audit\n  subjects:\n  - deny: [/etc/x]\n    events: [open, exec]\n    autoAllowOwner: true\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn selects_running_matching_pods_only() {
+        let pods = [
+            pod("a", &[("run", "nginx")], "Running", true),
+            pod("b", &[("run", "nginx")], "Pending", false),
+            pod("c", &[("run", "apache")], "Running", true),
+            pod("d", &[("run", "nginx")], "Running", false),
+        ];
+        let t = targets(&guard(), pods.iter());
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["uid-a"]);
+        let req = &t["uid-a"].request;
+        assert_eq!(req.containers[0].runtime_id, "containerd://0123456789abcdef");
+        assert_eq!(req.guard.as_ref().unwrap().generation, 4);
+        let spec = req.spec.as_ref().unwrap();
+        assert_eq!(spec.mode, "Audit");
+        assert_eq!(spec.subjects[0].events, ["open", "exec"]);
+        assert!(spec.subjects[0].auto_allow_owner);
+        assert_eq!(t["uid-a"].node, "node-a");
+    }
+}
