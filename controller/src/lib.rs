@@ -2,4 +2,11 @@
 //! guards and pods into CreateGuard/DestroyGuard calls on node agents.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod crd;
+pub mod desired;
+pub mod drift;
+pub mod leader;
+pub mod reconcile;
+pub mod run;
+pub mod selector;

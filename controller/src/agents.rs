@@ -1,0 +1,159 @@
+//! The node agents: where each node's agent listens (from the agent
+//! Service's EndpointSlices) and a gRPC client per agent. Every call has a
+//! timeout, so one slow or dead agent never stalls the others.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use janus_proto::v1::{self, janusd_client::JanusdClient};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+/// Label EndpointSlices carry to name their Service.
+pub const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+
+/// Agent calls fail with this.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No agent endpoint is published for the node.
+    #[error("no janusd agent is known on node {0}")]
+    NoAgent(String),
+    /// The call failed or timed out.
+    #[error("agent on node {node} ({addr}): {status}")]
+    Call {
+        /// Node.
+        node: String,
+        /// Address called.
+        addr: String,
+        /// gRPC status.
+        status: Box<tonic::Status>,
+    },
+}
+
+/// node -> `https://ip:port`, from EndpointSlices of the agent Service.
+pub fn addresses(slices: &[Arc<EndpointSlice>], tls: bool) -> BTreeMap<String, String> {
+    let scheme = if tls { "https" } else { "http" };
+    let mut out = BTreeMap::new();
+    for s in slices {
+        let port = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("grpc"))
+            .or_else(|| s.ports.iter().flatten().next())
+            .and_then(|p| p.port);
+        let Some(port) = port else { continue };
+        for e in s.endpoints.iter().flatten() {
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            let (Some(node), Some(addr)) = (e.node_name.clone(), e.addresses.first()) else { continue };
+            let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
+            out.insert(node, format!("{scheme}://{host}:{port}"));
+        }
+    }
+    out
+}
+
+/// gRPC clients to the agents, one channel per address.
+#[derive(Clone, Debug)]
+pub struct Agents {
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+    channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+}
+
+impl Agents {
+    /// Clients with `tls` (None: plaintext) and a per-call `timeout`.
+    pub fn new(tls: Option<ClientTlsConfig>, timeout: Duration) -> Agents {
+        Agents { tls, timeout, channels: Arc::default() }
+    }
+
+    /// Whether calls use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    fn client(&self, addr: &str) -> Result<JanusdClient<Channel>, tonic::Status> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Ok(JanusdClient::new(ch.clone()));
+        }
+        let mut ep = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| tonic::Status::invalid_argument(format!("agent address {addr}: {e}")))?
+            .connect_timeout(self.timeout)
+            .timeout(self.timeout)
+            .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.clone()).map_err(|e| tonic::Status::internal(format!("TLS: {e}")))?;
+        }
+        let ch = ep.connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(JanusdClient::new(ch))
+    }
+
+    fn err(node: &str, addr: &str, status: tonic::Status) -> AgentError {
+        AgentError::Call { node: node.to_string(), addr: addr.to_string(), status: Box::new(status) }
+    }
+
+    /// CreateGuard on `node`'s agent at `addr`.
+    pub async fn create(&self, node: &str, addr: &str, req: v1::CreateGuardRequest) -> Result<v1::GuardStatus, AgentError> {
+        let start = Instant::now();
+        let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
+        let r = c.create_guard(req).await.map(|r| r.into_inner()).map_err(|s| Self::err(node, addr, s));
+        record("CreateGuard", start, r.is_ok());
+        r
+    }
+
+    /// DestroyGuard on `node`'s agent.
+    pub async fn destroy(&self, node: &str, addr: &str, req: v1::DestroyGuardRequest) -> Result<bool, AgentError> {
+        let start = Instant::now();
+        let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
+        let r = c.destroy_guard(req).await.map(|r| r.into_inner().existed).map_err(|s| Self::err(node, addr, s));
+        record("DestroyGuard", start, r.is_ok());
+        r
+    }
+
+    /// GetGuardState of `node`'s agent.
+    pub async fn state(&self, node: &str, addr: &str) -> Result<v1::GuardState, AgentError> {
+        let start = Instant::now();
+        let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
+        let r = c
+            .get_guard_state(v1::GetGuardStateRequest {})
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Self::err(node, addr, s));
+        record("GetGuardState", start, r.is_ok());
+        r
+    }
+}
+
+fn record(method: &'static str, start: Instant, ok: bool) {
+    metrics::histogram!("janus_controller_push_seconds", "method" => method).record(start.elapsed().as_secs_f64());
+    if !ok {
+        metrics::counter!("janus_controller_push_errors_total", "method" => method).increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_slices() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "labels": {SERVICE_LABEL: "janusd"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "metrics", "port": 9441}, {"name": "grpc", "port": 9440}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1"], "nodeName": "n1", "conditions": {"ready": true}},
+                {"addresses": ["10.0.0.2"], "nodeName": "n2", "conditions": {"ready": false}},
+                {"addresses": ["10.0.0.3"]}
+            ]
+        }))
+        .unwrap();
+        let a = addresses(&[Arc::new(slice)], true);
+        assert_eq!(a.into_iter().collect::<Vec<_>>(), [("n1".to_string(), "https://10.0.0.1:9440".to_string())]);
+    }
+}

@@ -1,0 +1,204 @@
+//! Wiring: reflectors for pods and agent EndpointSlices, the kube-runtime
+//! Controller for JanusGuards, drift repair, leader election, HTTP endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use janus_common::http::{self, Ready};
+use janus_common::tls::TlsArgs;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::agents::{self, Agents};
+use crate::crd::JanusGuard;
+use crate::reconcile::{self, Context};
+use crate::{drift, leader, selector};
+
+/// Options of `janus-controller`.
+#[derive(Debug, clap::Parser)]
+#[command(name = "janus-controller", version, about = "Pushes JanusGuards to the janusd agent on every node")]
+pub struct Args {
+    /// Namespace of the agent Service.
+    #[arg(long, env = "JANUS_AGENT_NAMESPACE", default_value = "janus-system")]
+    pub agent_namespace: String,
+    /// Name of the agent Service (its EndpointSlices give node -> agent).
+    #[arg(long, default_value = "janusd")]
+    pub agent_service: String,
+    /// Name the agents' certificates are issued for.
+    #[arg(long, default_value = "janusd")]
+    pub agent_server_name: String,
+    /// HTTP address for /metrics, /healthz, /readyz.
+    #[arg(long, default_value = "0.0.0.0:9442")]
+    pub http_addr: SocketAddr,
+    /// How often a fully guarded guard is checked again.
+    #[arg(long, default_value = "30", value_parser = secs)]
+    pub resync: Duration,
+    /// How often each agent's state is compared with the desired state.
+    #[arg(long, default_value = "10", value_parser = secs)]
+    pub drift_interval: Duration,
+    /// Timeout of one call to an agent.
+    #[arg(long, default_value = "5", value_parser = secs)]
+    pub push_timeout: Duration,
+    /// Elect a leader with a Lease (run with 2 replicas).
+    #[arg(long)]
+    pub leader_elect: bool,
+    /// Lease name.
+    #[arg(long, default_value = "janus-controller")]
+    pub lease_name: String,
+    /// Lease namespace (default: the agent namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity in the Lease (default: host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Lease duration.
+    #[arg(long, default_value = "15", value_parser = secs)]
+    pub lease_duration: Duration,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+fn secs(s: &str) -> Result<Duration, String> {
+    let s = s.strip_suffix('s').unwrap_or(s);
+    s.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| format!("bad duration {s:?} (seconds, e.g. 10 or 0.5s)"))
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("janus_controller_reconciles_total", "Guard reconciles, by result.");
+    describe_counter!("janus_controller_reconcile_errors_total", "Failed guard reconciles.");
+    describe_histogram!("janus_controller_reconcile_seconds", "Duration of one guard reconcile.");
+    describe_histogram!("janus_controller_push_seconds", "Duration of calls to agents, by method.");
+    describe_counter!("janus_controller_push_errors_total", "Failed calls to agents, by method.");
+    describe_counter!("janus_controller_drift_total", "Differences found between agents and the desired state.");
+    describe_gauge!("janus_controller_guards", "JanusGuards known.");
+    describe_gauge!("janus_controller_pods", "Selected pods, by state (guarded, not_guarded).");
+    describe_gauge!("janus_controller_leader", "1 while this replica holds the lease.");
+    describe_gauge!("janus_controller_queue_depth", "Guard triggers waiting to be reconciled.");
+}
+
+/// Runs the controller until SIGTERM/SIGINT (or, with leader election, until
+/// the lease is lost).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let tls = args.tls.client(&args.agent_server_name)?;
+    if tls.is_none() {
+        tracing::warn!("--insecure: talking to agents over plaintext gRPC");
+    }
+    let metrics = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
+        )
+        .context("metrics buckets")?
+        .install_recorder()
+        .context("metrics recorder")?;
+    describe_metrics();
+    let ready = Ready::default();
+    http::spawn_http(http::bind_http(args.http_addr)?, metrics, ready.clone())?;
+
+    let client = Client::try_default().await.context("connect to the Kubernetes API (KUBECONFIG or in-cluster)")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    if args.leader_elect {
+        let ns = args.lease_namespace.clone().unwrap_or_else(|| args.agent_namespace.clone());
+        let election = leader::Election::new(client.clone(), &ns, &args.lease_name, &identity, args.lease_duration);
+        ready.set(); // a waiting follower is healthy
+        tracing::info!(%identity, lease = %args.lease_name, "waiting to become leader");
+        election.acquire().await;
+        metrics::gauge!("janus_controller_leader").set(1.0);
+        tracing::info!(%identity, "became leader");
+        tokio::spawn(async move {
+            election.keep().await;
+            tracing::error!("lost the leader lease; exiting so that another replica takes over");
+            std::process::exit(1);
+        });
+    }
+
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(pod_writer)
+        .touched_objects()
+        .boxed();
+    let (slice_store, slice_writer) = reflector::store::<EndpointSlice>();
+    let slice_cfg = watcher::Config::default().labels(&format!("{}={}", agents::SERVICE_LABEL, args.agent_service));
+    let slices = watcher(Api::<EndpointSlice>::namespaced(client.clone(), &args.agent_namespace), slice_cfg)
+        .default_backoff()
+        .reflect(slice_writer)
+        .touched_objects()
+        .map(|_| ())
+        .boxed();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: pod_store,
+        slices: slice_store,
+        agents: Agents::new(tls, args.push_timeout),
+        pushed: Default::default(),
+        recorder: Recorder::new(client.clone(), Reporter { controller: "janus-controller".into(), instance: Some(identity) }),
+        resync: args.resync,
+    });
+    let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<JanusGuard>>();
+    let controller = Controller::new(Api::<JanusGuard>::all(client.clone()), watcher::Config::default());
+    let guards = controller.store();
+    let map_ctx = ctx.clone();
+    let map_guards = guards.clone();
+    let controller = controller
+        .watches_stream(pods, move |pod: Pod| {
+            // Guards that select the pod now, and guards that had it.
+            let ns = pod.namespace().unwrap_or_default();
+            let mut refs: Vec<ObjectRef<JanusGuard>> = map_guards
+                .state()
+                .iter()
+                .filter(|g| g.namespace().as_deref() == Some(ns.as_str()) && selector::matches(&g.spec.selector, pod.labels()))
+                .map(|g| ObjectRef::from_obj(g.as_ref()))
+                .collect();
+            if let Some(uid) = pod.uid() {
+                for key in map_ctx.guards_with_pod(&uid) {
+                    if let Some((gns, name)) = key.split_once('/') {
+                        refs.push(ObjectRef::new(name).within(gns));
+                    }
+                }
+            }
+            refs
+        })
+        .reconcile_all_on(slices)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(drift_rx))
+        .shutdown_on_signal();
+    tokio::spawn(drift::run(ctx.clone(), guards.clone(), drift_tx, args.drift_interval));
+    let gauge_ctx = ctx.clone();
+    let gauge_guards = guards.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            metrics::gauge!("janus_controller_guards").set(gauge_guards.state().len() as f64);
+            let pushed = gauge_ctx.pushed.lock().unwrap_or_else(|p| p.into_inner());
+            let guarded = pushed.values().filter(|p| p.guarded()).count();
+            metrics::gauge!("janus_controller_pods", "state" => "guarded").set(guarded as f64);
+            metrics::gauge!("janus_controller_pods", "state" => "not_guarded").set((pushed.len() - guarded) as f64);
+        }
+    });
+    ready.set();
+    tracing::info!("janus-controller running");
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "reconcile");
+            }
+        })
+        .await;
+    tracing::info!("janus-controller stopped");
+    Ok(())
+}
