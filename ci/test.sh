@@ -20,8 +20,18 @@ cargo fmt --all --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "tests (root-only tests included)"
+step "kube-apiserver and etcd for the controller's end-to-end tests (built once, cached)"
+ci/k8s/build.sh
+k8s_dir=$(mktemp -d /tmp/janus-ci-k8s.XXXXXX)
+cleanup_k8s() { ci/k8s/stop.sh --purge "$k8s_dir" >/dev/null 2>&1 || true; }
+trap cleanup_k8s EXIT
+ci/k8s/start.sh "$k8s_dir"
+export JANUS_K8S_ENV="$k8s_dir/env"
+
+step "tests (root-only and API-server tests included)"
+cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --include-ignored
+cleanup_k8s
 
 step "demo: janusd standalone on deploy/examples/demo-guard.yaml"
 ci/demo.sh

@@ -49,7 +49,17 @@ pub fn addresses(slices: &[Arc<EndpointSlice>], tls: bool) -> BTreeMap<String, S
                 continue;
             }
             let (Some(node), Some(addr)) = (e.node_name.clone(), e.addresses.first()) else { continue };
-            let host = if addr.contains(':') { format!("[{addr}]") } else { addr.clone() };
+            let host = if addr.contains(':') {
+                format!("[{addr}]")
+            } else if addr == "localhost" || addr.ends_with(".localhost") {
+                // RFC 6761: names under .localhost are the loopback host. The
+                // API server refuses loopback IPs in EndpointSlices, so an
+                // FQDN slice is how agents on loopback (tests, a one-node
+                // lab) are published.
+                "127.0.0.1".to_string()
+            } else {
+                addr.clone()
+            };
             out.insert(node, format!("{scheme}://{host}:{port}"));
         }
     }
@@ -98,7 +108,12 @@ impl Agents {
     }
 
     /// CreateGuard on `node`'s agent at `addr`.
-    pub async fn create(&self, node: &str, addr: &str, req: v1::CreateGuardRequest) -> Result<v1::GuardStatus, AgentError> {
+    pub async fn create(
+        &self,
+        node: &str,
+        addr: &str,
+        req: v1::CreateGuardRequest,
+    ) -> Result<v1::GuardStatus, AgentError> {
         let start = Instant::now();
         let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
         let r = c.create_guard(req).await.map(|r| r.into_inner()).map_err(|s| Self::err(node, addr, s));
@@ -155,5 +170,11 @@ mod tests {
         .unwrap();
         let a = addresses(&[Arc::new(slice)], true);
         assert_eq!(a.into_iter().collect::<Vec<_>>(), [("n1".to_string(), "https://10.0.0.1:9440".to_string())]);
+        let fqdn: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "b"}, "addressType": "FQDN", "ports": [{"port": 1}],
+            "endpoints": [{"addresses": ["node-a.localhost"], "nodeName": "n3"}]
+        }))
+        .unwrap();
+        assert_eq!(addresses(&[Arc::new(fqdn)], false)["n3"], "http://127.0.0.1:1");
     }
 }

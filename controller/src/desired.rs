@@ -99,7 +99,8 @@ pub fn targets<'a>(g: &JanusGuard, pods: impl IntoIterator<Item = &'a Pod>) -> B
     };
     let mut out = BTreeMap::new();
     for pod in pods {
-        if pod.namespace().as_deref() != Some(ns.as_str()) || !crate::selector::matches(&g.spec.selector, pod.labels()) {
+        if pod.namespace().as_deref() != Some(ns.as_str()) || !crate::selector::matches(&g.spec.selector, pod.labels())
+        {
             continue;
         }
         let (Some(uid), Some((node, containers))) = (pod.uid(), guardable_containers(pod)) else { continue };

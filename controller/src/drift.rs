@@ -19,19 +19,49 @@ use crate::desired;
 use crate::reconcile::Context;
 
 /// Runs forever: one pass every `interval`.
-pub async fn run(ctx: Arc<Context>, guards: Store<JanusGuard>, trigger: UnboundedSender<ObjectRef<JanusGuard>>, interval: Duration) {
-    let _ = guards.wait_until_ready().await;
-    let _ = ctx.pods.wait_until_ready().await;
+pub async fn run(
+    ctx: Arc<Context>,
+    guards: Store<JanusGuard>,
+    trigger: UnboundedSender<ObjectRef<JanusGuard>>,
+    interval: Duration,
+) {
+    // Never compare before both caches are filled: an empty pod cache
+    // would make every guard on every agent look unwanted.
+    if !filled(&guards).await || !filled(&ctx.pods).await {
+        tracing::error!("a cache writer was dropped; drift repair disabled");
+        return;
+    }
+    tracing::info!(?interval, "drift repair running");
     loop {
         tokio::time::sleep(interval).await;
         pass(&ctx, &guards, &trigger).await;
     }
 }
 
+/// Waits until `store` holds its initial list; false if it never will.
+/// Polled with a short timeout: the readiness future was seen to miss its
+/// wake-up and resolve only when polled again.
+async fn filled<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), store.wait_until_ready()).await {
+            return r.is_ok();
+        }
+    }
+}
+
 /// One comparison of every agent against the desired state.
 pub async fn pass(ctx: &Context, guards: &Store<JanusGuard>, trigger: &UnboundedSender<ObjectRef<JanusGuard>>) {
     let addrs = ctx.agent_addresses();
-    let states = join_all(addrs.iter().map(|(node, addr)| async move { (node.clone(), addr.clone(), ctx.agents.state(node, addr).await) })).await;
+    let states = join_all(
+        addrs
+            .iter()
+            .map(|(node, addr)| async move { (node.clone(), addr.clone(), ctx.agents.state(node, addr).await) }),
+    )
+    .await;
     let pods = ctx.pods.state();
     let all_guards = guards.state();
     // Desired (guard key, pod uid) per node.

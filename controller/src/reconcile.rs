@@ -49,7 +49,10 @@ impl Pushed {
     /// Every container guarded.
     pub fn guarded(&self) -> bool {
         self.error.is_none()
-            && self.status.as_ref().is_some_and(|s| !s.containers.is_empty() && s.containers.iter().all(|c| c.state == "Guarded"))
+            && self
+                .status
+                .as_ref()
+                .is_some_and(|s| !s.containers.is_empty() && s.containers.iter().all(|c| c.state == "Guarded"))
     }
 }
 
@@ -236,7 +239,8 @@ async fn apply(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
                             .flat_map(|s| &s.containers)
                             .filter(|c| c.state != "Guarded")
                             .map(|c| {
-                                let e = if c.last_error.is_empty() { String::new() } else { format!(": {}", c.last_error) };
+                                let e =
+                                    if c.last_error.is_empty() { String::new() } else { format!(": {}", c.last_error) };
                                 format!("container {} {}{e}", c.name, c.state)
                             })
                             .collect::<Vec<_>>()

@@ -146,7 +146,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         slices: slice_store,
         agents: Agents::new(tls, args.push_timeout),
         pushed: Default::default(),
-        recorder: Recorder::new(client.clone(), Reporter { controller: "janus-controller".into(), instance: Some(identity) }),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: "janus-controller".into(), instance: Some(identity) },
+        ),
         resync: args.resync,
     });
     let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<JanusGuard>>();
@@ -161,7 +164,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let mut refs: Vec<ObjectRef<JanusGuard>> = map_guards
                 .state()
                 .iter()
-                .filter(|g| g.namespace().as_deref() == Some(ns.as_str()) && selector::matches(&g.spec.selector, pod.labels()))
+                .filter(|g| {
+                    g.namespace().as_deref() == Some(ns.as_str()) && selector::matches(&g.spec.selector, pod.labels())
+                })
                 .map(|g| ObjectRef::from_obj(g.as_ref()))
                 .collect();
             if let Some(uid) = pod.uid() {

@@ -1,0 +1,623 @@
+//! End to end against a real kube-apiserver (ci/k8s), two real agents as two
+//! "nodes" on loopback, the controller running with exactly the shipped RBAC
+//! role, and real test containers. The test plays the kubelet: it starts a
+//! container and sets the pod's status (node, container ID, Running, Ready).
+//!
+//! Needs root and `JANUS_K8S_ENV` pointing at the `env` file that
+//! `ci/k8s/start.sh DIR` writes (ci/test.sh does both).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use janus_controller::crd::JanusGuard;
+use janus_proto::v1::janusd_client::JanusdClient;
+use janus_tests::container::{Layout, TestContainer};
+use janus_tests::pki::Pki;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::{Client, Config};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+const CONTROLLER: &str = env!("CARGO_BIN_EXE_janus-controller");
+const AGENT_NS: &str = "janus-system";
+
+fn env_file() -> BTreeMap<String, String> {
+    let path = std::env::var("JANUS_K8S_ENV").unwrap_or_else(|_| {
+        panic!("this test needs a kube-apiserver: run `ci/k8s/start.sh DIR` and set JANUS_K8S_ENV=DIR/env (ci/test.sh does)")
+    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()))
+        .collect()
+}
+
+async fn client_from(kubeconfig: &str) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let cfg = Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    Client::try_from(cfg).unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Applies every document of a manifest file (server-side apply).
+async fn apply_file(client: &Client, path: &Path, kinds: &[&str]) {
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in text.split("\n---") {
+        let v: serde_json::Value = match serde_norway::from_str(doc) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        let Some(kind) = v["kind"].as_str() else { continue };
+        if !kinds.contains(&kind) {
+            continue;
+        }
+        let gvk = kube::api::GroupVersionKind::try_from(&kube::api::TypeMeta {
+            api_version: v["apiVersion"].as_str().unwrap().into(),
+            kind: kind.into(),
+        })
+        .unwrap();
+        let (ar, caps) = kube::discovery::pinned_kind(client, &gvk).await.unwrap();
+        let name = v["metadata"]["name"].as_str().unwrap().to_string();
+        let api: Api<kube::api::DynamicObject> = match (caps.scope, v["metadata"]["namespace"].as_str()) {
+            (kube::discovery::Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+            _ => Api::all_with(client.clone(), &ar),
+        };
+        api.patch(&name, &PatchParams::apply("janus-test").force(), &Patch::Apply(&v)).await.unwrap();
+    }
+}
+
+struct Agent {
+    child: Option<Child>,
+    node: String,
+    port: u16,
+    state: PathBuf,
+}
+
+impl Agent {
+    fn start(node: &str, pki: &Pki, dir: &Path, port: u16) -> Agent {
+        let state = dir.join(format!("{node}-state.json"));
+        let mut a = Agent { child: None, node: node.into(), port, state };
+        a.spawn(pki);
+        a
+    }
+
+    fn spawn(&mut self, pki: &Pki) {
+        let mut child = Command::new(janus_tests::target_bin("janusd"))
+            .args(["serve", "--node-name", &self.node, "--resync", "100ms"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .arg("--state-file")
+            .arg(&self.state)
+            .args(["--tls-cert", pki.server_cert.to_str().unwrap(), "--tls-key", pki.server_key.to_str().unwrap()])
+            .args(["--tls-ca", pki.ca.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let err = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let node = self.node.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("janusd[{node}]: {l}");
+                let _ = tx.send(l);
+            }
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(l) if l.contains("janusd serve ready") => break,
+                _ if Instant::now() > end => panic!("agent {} did not start", self.node),
+                _ => {}
+            }
+        }
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+struct Controller(Child);
+
+impl Controller {
+    fn start(env: &BTreeMap<String, String>, pki: &Pki) -> Controller {
+        Self::start_with(env, pki, &[])
+    }
+
+    fn start_with(env: &BTreeMap<String, String>, pki: &Pki, extra: &[&str]) -> Controller {
+        let child = Command::new(CONTROLLER)
+            .args(extra)
+            .env("KUBECONFIG", &env["JANUS_K8S_CONTROLLER_KUBECONFIG"])
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--agent-namespace", AGENT_NS, "--drift-interval", "1", "--resync", "5", "--push-timeout", "5"])
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(["--tls-cert", pki.client_cert.to_str().unwrap(), "--tls-key", pki.client_key.to_str().unwrap()])
+            .args(["--tls-ca", pki.ca.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Controller(child)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Cluster {
+    env: BTreeMap<String, String>,
+    admin: Client,
+    pki: Pki,
+    dir: tempfile::TempDir,
+    agents: Vec<Agent>,
+    ns: String,
+}
+
+impl Cluster {
+    /// A cluster fixture using a fresh namespace `<prefix>-<random>`.
+    async fn new(prefix: &str) -> Cluster {
+        janus_tests::require_root();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let ns = &format!("{prefix}-{:x}", nanos ^ std::process::id());
+        let env = env_file();
+        let admin = client_from(&env["JANUS_K8S_ADMIN_KUBECONFIG"]).await;
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+        apply_file(&admin, &Path::new(root).join("deploy/crd.yaml"), &["CustomResourceDefinition"]).await;
+        // The namespace and exactly the shipped roles, bound to the user the
+        // controller runs as.
+        let nss: Api<Namespace> = Api::all(admin.clone());
+        for n in [AGENT_NS, ns] {
+            let _ = nss
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(serde_json::json!({"metadata": {"name": n}})).unwrap(),
+                )
+                .await;
+        }
+        apply_file(&admin, &Path::new(root).join("deploy/rbac.yaml"), &["ClusterRole", "Role"]).await;
+        let bind = |kind: &str, ns: Option<&str>| {
+            let mut v = serde_json::json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                "metadata": {"name": "janus-controller-test-user"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": if kind == "ClusterRoleBinding" { "ClusterRole" } else { "Role" }, "name": "janus-controller"},
+                "subjects": [{"kind": "User", "name": "janus-controller", "apiGroup": "rbac.authorization.k8s.io"}]
+            });
+            if let Some(ns) = ns {
+                v["metadata"]["namespace"] = ns.into();
+            }
+            v
+        };
+        for (kind, ns) in [("ClusterRoleBinding", None), ("RoleBinding", Some(AGENT_NS))] {
+            let v = bind(kind, ns);
+            let path = std::env::temp_dir().join(format!("janus-{kind}.yaml"));
+            std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+            apply_file(&admin, &path, &[kind]).await;
+        }
+        // Wait until the CRD serves.
+        let guards: Api<JanusGuard> = Api::namespaced(admin.clone(), ns);
+        let end = Instant::now() + Duration::from_secs(20);
+        while guards.list(&Default::default()).await.is_err() {
+            assert!(Instant::now() < end, "JanusGuard API never became available");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        purge_old_test_namespaces(&admin, ns).await;
+        let dir = tempfile::Builder::new().prefix("janus-cluster-").tempdir().unwrap();
+        let pki = Pki::generate(dir.path());
+        let mut c = Cluster { env, admin, pki, dir, agents: Vec::new(), ns: ns.into() };
+        for node in ["node-a", "node-b"] {
+            let a = Agent::start(node, &c.pki, c.dir.path(), free_port());
+            c.publish_agent(&a).await;
+            c.agents.push(a);
+        }
+        c
+    }
+
+    /// Publishes an agent through an EndpointSlice of the agent Service.
+    async fn publish_agent(&self, a: &Agent) {
+        let slices: Api<EndpointSlice> = Api::namespaced(self.admin.clone(), AGENT_NS);
+        let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("janusd-{}", a.node), "labels": {"kubernetes.io/service-name": "janusd"}},
+            // The API server refuses loopback IPs in EndpointSlices; an FQDN
+            // slice with a name under .localhost (RFC 6761) reaches the
+            // agents on loopback.
+            "addressType": "FQDN",
+            "ports": [{"name": "grpc", "port": a.port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [format!("{}.localhost", a.node)], "nodeName": a.node, "conditions": {"ready": true}}]
+        }))
+        .unwrap();
+        slices
+            .patch(&format!("janusd-{}", a.node), &PatchParams::apply("janus-test").force(), &Patch::Apply(&s))
+            .await
+            .unwrap();
+    }
+
+    fn guards(&self) -> Api<JanusGuard> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    async fn apply_guard(&self, name: &str, labels: &str, deny: &[&str]) {
+        let yaml = format!(
+            "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {labels}}}\n  subjects:\n  - deny: {}\n",
+            serde_json::to_string(deny).unwrap()
+        );
+        let g: JanusGuard = serde_norway::from_str(&yaml).unwrap();
+        self.guards().patch(name, &PatchParams::apply("janus-test").force(), &Patch::Apply(&g)).await.unwrap();
+    }
+
+    /// Creates a pod object scheduled to `node`.
+    async fn create_pod(&self, name: &str, node: &str, labels: serde_json::Value) -> Pod {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "janus-test"}]}
+        }))
+        .unwrap();
+        self.pods().create(&PostParams::default(), &pod).await.unwrap()
+    }
+
+    /// Plays the kubelet: the pod is Running and Ready with this container.
+    async fn set_running(&self, name: &str, runtime_id: &str) {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let status = serde_json::json!({"status": {
+            "phase": "Running", "hostIP": "127.0.0.1", "podIP": "127.0.0.1",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+            "containerStatuses": [{"name": "app", "image": "janus-test", "imageID": "", "ready": true, "restartCount": 0,
+                                   "containerID": runtime_id, "state": {"running": {"startedAt": now}}}]
+        }});
+        self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    }
+
+    async fn delete_pod(&self, name: &str) {
+        let _ = self.pods().delete(name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+    }
+
+    async fn agent_state(&self, node: &str) -> BTreeSet<(String, String)> {
+        let a = self.agents.iter().find(|a| a.node == node).unwrap();
+        let tls = ClientTlsConfig::new()
+            .domain_name("janusd")
+            .ca_certificate(Certificate::from_pem(std::fs::read(&self.pki.ca).unwrap()))
+            .identity(Identity::from_pem(
+                std::fs::read(&self.pki.client_cert).unwrap(),
+                std::fs::read(&self.pki.client_key).unwrap(),
+            ));
+        let ch = Endpoint::from_shared(format!("https://127.0.0.1:{}", a.port))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let st =
+            JanusdClient::new(ch).get_guard_state(janus_proto::v1::GetGuardStateRequest {}).await.unwrap().into_inner();
+        st.guards
+            .iter()
+            .map(|g| {
+                let gr = g.guard.as_ref().unwrap();
+                (format!("{}/{}", gr.namespace, gr.name), g.pod.as_ref().unwrap().name.clone())
+            })
+            .collect()
+    }
+
+    async fn status(&self, guard: &str) -> (i32, i32, String) {
+        let g = self.guards().get(guard).await.unwrap();
+        let s = g.status.unwrap_or_default();
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.status.clone()).unwrap_or_default();
+        (s.observable_pods, s.guarded_pods, ready)
+    }
+}
+
+/// Removes what earlier (failed) runs left in `e2e-*` namespaces: guards
+/// (finalizers dropped: no controller may be running for them) and pods.
+async fn purge_old_test_namespaces(admin: &Client, keep: &str) {
+    let nss: Api<Namespace> = Api::all(admin.clone());
+    for ns in nss.list(&Default::default()).await.unwrap() {
+        let name = ns.metadata.name.unwrap_or_default();
+        if !name.starts_with("e2e-") || name == keep {
+            continue;
+        }
+        let guards: Api<JanusGuard> = Api::namespaced(admin.clone(), &name);
+        for g in guards.list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+            let n = g.metadata.name.unwrap_or_default();
+            let _ = guards
+                .patch(
+                    &n,
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+            let _ = guards.delete(&n, &DeleteParams::default()).await;
+        }
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &name);
+        let _ = pods
+            .delete_collection(
+                &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+                &Default::default(),
+            )
+            .await;
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const T: Duration = Duration::from_secs(30);
+
+/// The tests share one API server, the agent Service's EndpointSlices and
+/// the cluster-wide watch of every controller, so they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn guard_lifecycle_through_the_api_server() {
+    let _serial = serial();
+    rt().block_on(async {
+        let mut c = Cluster::new("e2e-life").await;
+        let _controller = Controller::start(&c.env, &c.pki);
+        let web = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s"), ("/data/ok", "o")]);
+        let other = TestContainer::start(Layout::CrioSystemdV2, &[("/data/secret", "s")]);
+        c.create_pod("web-1", "node-a", serde_json::json!({"app": "web"})).await;
+        c.create_pod("db-1", "node-b", serde_json::json!({"app": "db"})).await;
+        c.set_running("web-1", &web.runtime_id()).await;
+        c.set_running("db-1", &other.runtime_id()).await;
+
+        c.apply_guard("g", "{app: web}", &["/data/secret"]).await;
+        eventually("web-1 denied", T, || async { web.op("open", "/data/secret") == "EPERM" }).await;
+        assert_eq!(web.op("open", "/data/ok"), "ok");
+        assert_eq!(other.op("open", "/data/secret"), "ok", "a pod the guard does not select");
+        eventually("status 1/1 Ready", T, || async { c.status("g").await == (1, 1, "True".into()) }).await;
+
+        // Edited guard: new rules enforced.
+        c.apply_guard("g", "{app: web}", &["/data/ok"]).await;
+        eventually("edit enforced", T, || async { web.op("open", "/data/ok") == "EPERM" }).await;
+        assert_eq!(web.op("open", "/data/secret"), "ok");
+
+        // A pod started later is guarded; measure pod Ready -> enforcement.
+        let mut took = Vec::new();
+        let mut later = Vec::new();
+        for i in 0..8 {
+            let ct = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/ok", "o")]);
+            let name = format!("web-late-{i}");
+            c.create_pod(&name, if i % 2 == 0 { "node-a" } else { "node-b" }, serde_json::json!({"app": "web"})).await;
+            let t = Instant::now();
+            c.set_running(&name, &ct.runtime_id()).await;
+            eventually("late pod denied", T, || async { ct.op("open", "/data/ok") == "EPERM" }).await;
+            took.push(t.elapsed());
+            later.push((name, ct));
+        }
+        took.sort();
+        eprintln!(
+            "pod Ready -> enforcement: median {:?}, max {:?} over {}",
+            took[took.len() / 2],
+            took[took.len() - 1],
+            took.len()
+        );
+        eventually("status 9/9", T, || async { c.status("g").await.0 == 9 && c.status("g").await.1 == 9 }).await;
+
+        // Agent killed and restarted empty: drift repair brings guards back.
+        c.agents[0].kill();
+        std::fs::remove_file(&c.agents[0].state).ok();
+        assert_eq!(web.op("open", "/data/ok"), "ok", "a dead agent denies nothing");
+        c.agents[0].spawn(&c.pki);
+        eventually("guards back after agent restart", T, || async { web.op("open", "/data/ok") == "EPERM" }).await;
+
+        // Pod deleted: its guard is destroyed on the agent.
+        c.delete_pod("web-1").await;
+        let gk = format!("{}/g", c.ns);
+        eventually("deleted pod withdrawn", T, || async {
+            !c.agent_state("node-a").await.iter().any(|(g, p)| g == &gk && p == "web-1")
+        })
+        .await;
+        assert_eq!(web.op("open", "/data/ok"), "ok");
+
+        // Guard deleted: everything released, finalizer gone.
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
+        for node in ["node-a", "node-b"] {
+            let left: Vec<_> = c.agent_state(node).await.into_iter().filter(|(g, _)| g == &gk).collect();
+            assert!(left.is_empty(), "{node} still enforces {left:?} after the guard was deleted");
+        }
+        for (_, ct) in &later {
+            assert_eq!(ct.op("open", "/data/ok"), "ok");
+        }
+        for (name, _) in &later {
+            c.delete_pod(name).await;
+        }
+        c.delete_pod("db-1").await;
+    });
+}
+
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn controller_restart_rebuilds_state_without_duplicates() {
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-restart").await;
+        let controller = Controller::start(&c.env, &c.pki);
+        let web = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+        c.create_pod("web-1", "node-b", serde_json::json!({"app": "web"})).await;
+        c.set_running("web-1", &web.runtime_id()).await;
+        c.apply_guard("g", "{app: web}", &["/data/secret"]).await;
+        eventually("denied", T, || async { web.op("open", "/data/secret") == "EPERM" }).await;
+        drop(controller);
+        // While the controller is down: the pod goes away, another arrives.
+        c.delete_pod("web-1").await;
+        let web2 = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+        c.create_pod("web-2", "node-b", serde_json::json!({"app": "web"})).await;
+        c.set_running("web-2", &web2.runtime_id()).await;
+        let _controller = Controller::start(&c.env, &c.pki);
+        eventually("new pod guarded", T, || async { web2.op("open", "/data/secret") == "EPERM" }).await;
+        let want: BTreeSet<(String, String)> = [(format!("{}/g", c.ns), "web-2".to_string())].into();
+        eventually("agent state equals the API", T, || async { c.agent_state("node-b").await == want }).await;
+        assert_eq!(web.op("open", "/data/secret"), "ok", "the deleted pod's guard was not withdrawn");
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
+        c.delete_pod("web-2").await;
+    });
+}
+
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn bad_guard_is_rejected_by_the_api_server() {
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-bad").await;
+        let bad: JanusGuard = serde_norway::from_str(
+            "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata: {name: bad}\nspec:\n  selector: {matchLabels: {a: b}}\n  subjects:\n  - deny: [etc/passwd]\n",
+        )
+        .unwrap();
+        let err = c.guards().create(&PostParams::default(), &bad).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("spec.subjects[0].deny[0]") && msg.contains("etc/passwd"), "{msg}");
+        let none: JanusGuard = serde_norway::from_str(
+            "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata: {name: bad2}\nspec:\n  selector: {matchLabels: {a: b}}\n  subjects:\n  - events: [open]\n",
+        )
+        .unwrap();
+        let msg = c.guards().create(&PostParams::default(), &none).await.unwrap_err().to_string();
+        assert!(msg.contains("at least one path in allow or deny"), "{msg}");
+        let original = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/original-nginx-janus-guard.yaml")).unwrap();
+        let g: JanusGuard = serde_norway::from_str(&original).unwrap();
+        c.guards().create(&PostParams::default(), &g).await.expect("the original Janus example must apply unchanged");
+        c.guards().delete("nginx-janus-guard", &DeleteParams::default()).await.unwrap();
+    });
+}
+
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn churn_final_state_matches_the_api() {
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-churn").await;
+        let _controller = Controller::start(&c.env, &c.pki);
+        c.apply_guard("churn", "{app: churn}", &["/data/secret"]).await;
+        let start = Instant::now();
+        let mut alive: BTreeSet<String> = BTreeSet::new();
+        let mut created = 0;
+        let mut deleted = 0;
+        for burst in 0..6 {
+            // Create a burst of pods (containers that never start: the
+            // agents keep them Pending), then delete a part of them.
+            let names: Vec<String> = (0..50).map(|i| format!("p-{burst}-{i}")).collect();
+            for (i, n) in names.iter().enumerate() {
+                let node = if i % 2 == 0 { "node-a" } else { "node-b" };
+                c.create_pod(n, node, serde_json::json!({"app": "churn"})).await;
+                let id: String = format!("{:064x}", (burst * 1000 + i) as u128 * 7919 + 1);
+                c.set_running(n, &format!("containerd://{}", &id[id.len() - 64..])).await;
+                alive.insert(n.clone());
+                created += 1;
+            }
+            for n in names.iter().step_by(3) {
+                c.delete_pod(n).await;
+                alive.remove(n);
+                deleted += 1;
+            }
+        }
+        let want: BTreeSet<(String, String)> = alive.iter().map(|p| (format!("{}/churn", c.ns), p.clone())).collect();
+        eventually("agents match the API", Duration::from_secs(90), || async {
+            let mut have = c.agent_state("node-a").await;
+            have.extend(c.agent_state("node-b").await);
+            have == want
+        })
+        .await;
+        eprintln!(
+            "churn: {created} pods created, {deleted} deleted in bursts of 50; agents matched the API ({} guarded pods) {:?} after the first pod",
+            want.len(),
+            start.elapsed()
+        );
+        c.guards().delete("churn", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", Duration::from_secs(60), || async { c.guards().get_opt("churn").await.unwrap().is_none() }).await;
+        for p in alive {
+            c.delete_pod(&p).await;
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn two_replicas_elect_one_leader_and_fail_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-leader").await;
+        let lease_name = format!("janus-controller-{}", c.ns);
+        let args = |id: &'static str| {
+            [
+                "--leader-elect",
+                "--identity",
+                id,
+                "--lease-name",
+                Box::leak(lease_name.clone().into_boxed_str()),
+                "--lease-duration",
+                "3",
+            ]
+        };
+        let first = Controller::start_with(&c.env, &c.pki, &args("replica-1"));
+        let leases: Api<Lease> = Api::namespaced(c.admin.clone(), AGENT_NS);
+        let holder = || async { leases.get_opt(&lease_name).await.unwrap().and_then(|l| l.spec?.holder_identity) };
+        eventually("replica-1 leads", T, || async { holder().await.as_deref() == Some("replica-1") }).await;
+        let second = Controller::start_with(&c.env, &c.pki, &args("replica-2"));
+        let web = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+        c.create_pod("web-1", "node-a", serde_json::json!({"app": "web"})).await;
+        c.set_running("web-1", &web.runtime_id()).await;
+        c.apply_guard("g", "{app: web}", &["/data/secret"]).await;
+        eventually("denied", T, || async { web.op("open", "/data/secret") == "EPERM" }).await;
+        assert_eq!(
+            holder().await.as_deref(),
+            Some("replica-1"),
+            "the follower must not take the lease while the leader renews"
+        );
+        drop(first);
+        eventually("replica-2 takes over", T, || async { holder().await.as_deref() == Some("replica-2") }).await;
+        // The new leader acts: an edit is enforced.
+        c.apply_guard("g", "{app: web}", &["/data/other"]).await;
+        eventually("edit enforced by the new leader", T, || async { web.op("open", "/data/secret") == "ok" }).await;
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
+        c.delete_pod("web-1").await;
+        drop(second);
+    });
+}
