@@ -26,11 +26,11 @@ pid=$!
 cleanup() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$audit" "$audit.log"; }
 trap cleanup EXIT
 for _ in $(seq 100); do
-	grep -q "ready" "$audit.log" 2>/dev/null && break
+	grep -q "standalone ready" "$audit.log" 2>/dev/null && break
 	kill -0 "$pid" 2>/dev/null || { cat "$audit.log"; echo "janusd exited early" >&2; exit 1; }
 	sleep 0.1
 done
-grep -q "ready" "$audit.log" || { cat "$audit.log"; echo "janusd did not become ready" >&2; exit 1; }
+grep -q "standalone ready" "$audit.log" || { cat "$audit.log"; echo "janusd did not become ready" >&2; exit 1; }
 sed 's/^/  janusd: /' "$audit.log"
 
 fails=0

@@ -20,6 +20,9 @@ cargo fmt --all --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "deploy tools: prometheus + promtool (apt), helm (built from the Go module proxy, cached)"
+ci/deploy/install-tools.sh
+
 step "kube-apiserver and etcd for the controller's end-to-end tests (built once, cached)"
 ci/k8s/build.sh
 k8s_dir=$(mktemp -d /tmp/janus-ci-k8s.XXXXXX)

@@ -75,7 +75,7 @@ impl Janusd {
         let stdout = lines(child.stdout.take().unwrap());
         let stderr = lines(child.stderr.take().unwrap());
         let j = Janusd { child, stdout, stderr };
-        j.wait_log("ready");
+        j.wait_log("janusd standalone ready");
         j
     }
 
