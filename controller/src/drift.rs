@@ -123,8 +123,10 @@ pub async fn pass(ctx: &Context, guards: &Store<JanusGuard>, trigger: &Unbounded
         }
     }
     for key in retrigger {
-        if let Some(g) = all_guards.iter().find(|g| desired::guard_key(g) == key) {
-            let _ = trigger.send(ObjectRef::from_obj(g.as_ref()).within(&g.namespace().unwrap_or_default()));
+        if let Some(g) = all_guards.iter().find(|g| desired::guard_key(g) == key)
+            && trigger.send(ObjectRef::from_obj(g.as_ref()).within(&g.namespace().unwrap_or_default())).is_ok()
+        {
+            ctx.backlog_add(1);
         }
     }
 }

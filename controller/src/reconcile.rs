@@ -75,6 +75,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// How often a fully guarded guard is re-checked.
     pub resync: Duration,
+    /// Reconciles running now plus drift triggers not yet picked up: the
+    /// controller's backlog (`janus_controller_queue_depth`).
+    pub backlog: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Context {
@@ -86,6 +89,12 @@ impl std::fmt::Debug for Context {
 impl Context {
     fn pushed(&self) -> std::sync::MutexGuard<'_, HashMap<PushKey, Pushed>> {
         self.pushed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the backlog gauge by `n`.
+    pub fn backlog_add(&self, n: i64) {
+        let now = self.backlog.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+        metrics::gauge!("janus_controller_queue_depth").set(now.max(0) as f64);
     }
 
     /// node -> agent address.
@@ -131,9 +140,26 @@ fn destroy_request(guard_key: &str, uid: &str) -> v1::DestroyGuardRequest {
     }
 }
 
+/// DestroyGuard for (guard `key`, pod `uid`) on `node`'s agent. An agent
+/// that is not published any more went away with its node: nothing to do.
+async fn withdraw(
+    ctx: &Context,
+    addrs: &BTreeMap<String, String>,
+    key: &str,
+    uid: String,
+    node: String,
+) -> (String, Result<(), AgentError>) {
+    let r = match addrs.get(&node) {
+        Some(a) => ctx.agents.destroy(&node, a, destroy_request(key, &uid)).await.map(|_| ()),
+        None => Ok(()),
+    };
+    (uid, r)
+}
+
 /// Entry point for kube-runtime.
 pub async fn reconcile(guard: Arc<JanusGuard>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    ctx.backlog_add(1);
     let ns = guard.namespace().unwrap_or_default();
     let api: Api<JanusGuard> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, guard, |event| async {
@@ -144,6 +170,7 @@ pub async fn reconcile(guard: Arc<JanusGuard>, ctx: Arc<Context>) -> Result<Acti
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.backlog_add(-1);
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("janus_controller_reconciles_total", "result" => label).increment(1);
     metrics::histogram!("janus_controller_reconcile_seconds").record(started.elapsed().as_secs_f64());
@@ -188,17 +215,7 @@ async fn apply(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
             (uid, t.node, fp, r)
         }
     });
-    let destroy_calls = destroys.into_iter().map(|(uid, node)| {
-        let addr = addrs.get(&node).cloned();
-        let req = destroy_request(&key, &uid);
-        async move {
-            let r = match addr {
-                Some(a) => ctx.agents.destroy(&node, &a, req).await.map(|_| ()),
-                None => Ok(()), // agent gone with its node: nothing to withdraw
-            };
-            (uid, r)
-        }
-    });
+    let destroy_calls = destroys.into_iter().map(|(uid, node)| withdraw(ctx, &addrs, &key, uid, node));
     let (created, destroyed) = futures::join!(join_all(create_calls), join_all(destroy_calls));
 
     let mut failures: Vec<String> = Vec::new();
@@ -336,26 +353,16 @@ async fn cleanup(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
     let pods = ctx.pods.state();
     // Everything pushed, plus everything currently selected (a restarted
     // controller has not pushed anything yet but agents may have it).
-    let mut withdraw: HashSet<(String, String)> = ctx
+    let mut targets: HashSet<(String, String)> = ctx
         .pushed()
         .iter()
         .filter(|((gk, _), _)| gk == &key)
         .map(|((_, uid), p)| (uid.clone(), p.node.clone()))
         .collect();
     for (uid, t) in desired::targets(g, pods.iter().map(|p| p.as_ref())) {
-        withdraw.insert((uid, t.node));
+        targets.insert((uid, t.node));
     }
-    let calls = withdraw.into_iter().map(|(uid, node)| {
-        let addr = addrs.get(&node).cloned();
-        let req = destroy_request(&key, &uid);
-        async move {
-            let r = match addr {
-                Some(a) => ctx.agents.destroy(&node, &a, req).await.map(|_| ()),
-                None => Ok(()),
-            };
-            (uid, r)
-        }
-    });
+    let calls = targets.into_iter().map(|(uid, node)| withdraw(ctx, &addrs, &key, uid, node));
     let mut errors = Vec::new();
     for (uid, r) in join_all(calls).await {
         match r {

@@ -83,7 +83,7 @@ fn describe_metrics() {
     describe_gauge!("janus_controller_guards", "JanusGuards known.");
     describe_gauge!("janus_controller_pods", "Selected pods, by state (guarded, not_guarded).");
     describe_gauge!("janus_controller_leader", "1 while this replica holds the lease.");
-    describe_gauge!("janus_controller_queue_depth", "Guard triggers waiting to be reconciled.");
+    describe_gauge!("janus_controller_queue_depth", "Guard reconciles running plus drift triggers waiting.");
 }
 
 /// Runs the controller until SIGTERM/SIGINT (or, with leader election, until
@@ -151,6 +151,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Reporter { controller: "janus-controller".into(), instance: Some(identity) },
         ),
         resync: args.resync,
+        backlog: Default::default(),
     });
     let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<JanusGuard>>();
     let controller = Controller::new(Api::<JanusGuard>::all(client.clone()), watcher::Config::default());
@@ -179,7 +180,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             refs
         })
         .reconcile_all_on(slices)
-        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(drift_rx))
+        .reconcile_on({
+            let ctx = ctx.clone();
+            tokio_stream::wrappers::UnboundedReceiverStream::new(drift_rx).map(move |r| {
+                ctx.backlog_add(-1);
+                r
+            })
+        })
         .shutdown_on_signal();
     tokio::spawn(drift::run(ctx.clone(), guards.clone(), drift_tx, args.drift_interval));
     let gauge_ctx = ctx.clone();
