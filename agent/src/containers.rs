@@ -30,149 +30,34 @@
 //! processes also have an outside parent; they started later, so the lowest
 //! start time wins.
 
-use std::fmt;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-/// The container runtime named by the scheme of a container ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Runtime {
-    /// `containerd://<id>`
-    Containerd,
-    /// `cri-o://<id>`
-    CriO,
-    /// `docker://<id>`
-    Docker,
-}
+use janus_procfs::{CgroupLine, ProcError, ProcFs, Stat};
 
-impl Runtime {
-    /// The scheme Kubernetes writes in `containerStatuses[].containerID`.
-    pub fn scheme(self) -> &'static str {
-        match self {
-            Runtime::Containerd => "containerd",
-            Runtime::CriO => "cri-o",
-            Runtime::Docker => "docker",
-        }
-    }
+pub use janus_api::{ContainerId, ContainerIdError, Runtime};
 
-    fn from_scheme(s: &str) -> Option<Runtime> {
-        match s {
-            "containerd" => Some(Runtime::Containerd),
-            "cri-o" => Some(Runtime::CriO),
-            "docker" => Some(Runtime::Docker),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Runtime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.scheme())
-    }
-}
-
-/// Shortest container ID accepted (Docker's short form).
-pub const MIN_ID_LEN: usize = 12;
-/// Longest container ID accepted (a full SHA-256 in hex).
-pub const MAX_ID_LEN: usize = 64;
-
-/// What went wrong parsing a container ID or reading /proc.
-#[derive(Debug, thiserror::Error)]
-pub enum ContainerError {
-    /// No `://` in the input.
-    #[error("container ID {input:?} has no runtime prefix; expected containerd://<id>, cri-o://<id> or docker://<id>")]
-    MissingScheme {
-        /// The whole input.
-        input: String,
-    },
-    /// A scheme other than containerd, cri-o or docker.
-    #[error("container ID {input:?}: unsupported runtime {scheme:?}; expected containerd, cri-o or docker")]
-    UnknownRuntime {
-        /// The whole input.
-        input: String,
-        /// What came before `://`.
-        scheme: String,
-    },
-    /// Nothing after `://`.
-    #[error("container ID {input:?}: the ID after {scheme}:// is empty")]
-    EmptyId {
-        /// The whole input.
-        input: String,
-        /// The runtime scheme.
-        scheme: &'static str,
-    },
-    /// Fewer than 12 or more than 64 characters after `://`.
-    #[error(
-        "container ID {input:?}: the ID after {scheme}:// has {len} characters; expected {MIN_ID_LEN} to {MAX_ID_LEN} lowercase hex digits"
-    )]
-    BadIdLength {
-        /// The whole input.
-        input: String,
-        /// The runtime scheme.
-        scheme: &'static str,
-        /// Characters in the ID.
-        len: usize,
-    },
-    /// A character that is not `0-9a-f`.
-    #[error(
-        "container ID {input:?}: character {ch:?} at position {pos} of the ID is not a lowercase hex digit (0-9, a-f)"
-    )]
-    BadIdChar {
-        /// The whole input.
-        input: String,
-        /// The offending character.
-        ch: char,
-        /// Its position in the ID (0-based, in characters).
-        pos: usize,
-    },
-    /// /proc (or a process entry in it) could not be read for a reason other
-    /// than the process having exited.
-    #[error("cannot read {}: {source}", path.display())]
-    ReadProc {
-        /// The directory or file.
-        path: PathBuf,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
-}
-
-/// A container as Kubernetes names it: runtime and ID.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ContainerRef {
-    /// The runtime, from the scheme.
-    pub runtime: Runtime,
-    /// 12 to 64 lowercase hex digits.
-    pub id: String,
-}
-
-impl ContainerRef {
-    /// Parses `containerd://<id>`, `cri-o://<id>` or `docker://<id>`.
-    pub fn parse(s: &str) -> Result<ContainerRef, ContainerError> {
-        let Some((scheme, id)) = s.split_once("://") else {
-            return Err(ContainerError::MissingScheme { input: s.to_string() });
-        };
-        let Some(runtime) = Runtime::from_scheme(scheme) else {
-            return Err(ContainerError::UnknownRuntime { input: s.to_string(), scheme: scheme.to_string() });
-        };
-        let scheme = runtime.scheme();
-        if id.is_empty() {
-            return Err(ContainerError::EmptyId { input: s.to_string(), scheme });
-        }
-        if let Some((pos, ch)) = id.chars().enumerate().find(|&(_, c)| !matches!(c, '0'..='9' | 'a'..='f')) {
-            return Err(ContainerError::BadIdChar { input: s.to_string(), ch, pos });
-        }
-        // All ASCII from here on, so bytes == characters.
-        if !(MIN_ID_LEN..=MAX_ID_LEN).contains(&id.len()) {
-            return Err(ContainerError::BadIdLength { input: s.to_string(), scheme, len: id.len() });
-        }
-        Ok(ContainerRef { runtime, id: id.to_string() })
-    }
-
+/// Where a container's processes live in the cgroup tree, by runtime and
+/// cgroup driver (see the module docs).
+pub trait CgroupMatch {
     /// Whether one component of a cgroup path is this container's cgroup
     /// under any of its runtime's naming schemes (exact match only).
-    pub fn names_cgroup(&self, component: &str) -> bool {
+    fn names_cgroup(&self, component: &str) -> bool;
+
+    /// Whether a cgroup path lies in this container's cgroup (or below it).
+    fn in_cgroup_path(&self, path: &str) -> bool {
+        path.split('/').any(|c| self.names_cgroup(c))
+    }
+
+    /// Whether the contents of a `/proc/<pid>/cgroup` file put the process in
+    /// this container, in any hierarchy (v2 `0::/path` or v1 `N:ctrls:/path`).
+    /// Malformed lines name no container.
+    fn in_proc_cgroup(&self, contents: &str) -> bool {
+        CgroupLine::parse_all(contents).flatten().any(|line| self.in_cgroup_path(line.path))
+    }
+}
+
+impl CgroupMatch for ContainerId {
+    fn names_cgroup(&self, component: &str) -> bool {
         let id = self.id.as_str();
         let wrapped = |prefix: &str, suffix: &str| {
             component.strip_prefix(prefix).and_then(|r| r.strip_suffix(suffix)).is_some_and(|r| r == id)
@@ -183,36 +68,6 @@ impl ContainerRef {
             Runtime::CriO => wrapped("crio-", ".scope") || wrapped("crio-", ""),
             Runtime::Docker => component == id || wrapped("docker-", ".scope"),
         }
-    }
-
-    /// Whether a cgroup path lies in this container's cgroup (or below it).
-    pub fn in_cgroup_path(&self, path: &str) -> bool {
-        path.split('/').any(|c| self.names_cgroup(c))
-    }
-
-    /// Whether the contents of a `/proc/<pid>/cgroup` file put the process in
-    /// this container, in any hierarchy (v2 `0::/path` or v1 `N:ctrls:/path`).
-    pub fn in_proc_cgroup(&self, contents: &str) -> bool {
-        contents.lines().any(|line| {
-            let mut fields = line.splitn(3, ':');
-            let (Some(_), Some(_), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
-                return false;
-            };
-            self.in_cgroup_path(path)
-        })
-    }
-}
-
-impl fmt::Display for ContainerRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.runtime.scheme(), self.id)
-    }
-}
-
-impl FromStr for ContainerRef {
-    type Err = ContainerError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ContainerRef::parse(s)
     }
 }
 
@@ -243,9 +98,7 @@ impl ContainerProcess {
     /// Whether the process still exists and is the same process (same start
     /// time), i.e. the container has not stopped or restarted since.
     pub fn still_running(&self, proc_root: &Path) -> bool {
-        let mut buf = String::new();
-        let path = proc_root.join(self.pid.to_string()).join("stat");
-        read_into(&path, &mut buf).is_ok() && parse_stat(&buf).is_some_and(|(_, start)| start == self.start_time)
+        ProcFs::new(proc_root).stat(self.pid).is_ok_and(|s| s.start_time == self.start_time)
     }
 }
 
@@ -256,7 +109,7 @@ impl ContainerProcess {
 /// Fails only when `proc_root` cannot be listed, or when nothing matched and
 /// some process could not be read for another reason (so "not running" is not
 /// reported when it could not be checked).
-pub fn resolve(proc_root: &Path, c: &ContainerRef) -> Result<Option<ContainerProcess>, ContainerError> {
+pub fn resolve(proc_root: &Path, c: &ContainerId) -> Result<Option<ContainerProcess>, ProcError> {
     let procs = processes(proc_root, c)?;
     Ok(pick_init(&procs).map(|p| ContainerProcess {
         pid: p.pid,
@@ -267,32 +120,17 @@ pub fn resolve(proc_root: &Path, c: &ContainerRef) -> Result<Option<ContainerPro
 
 /// Every process in container `c`'s cgroup (or below it), in /proc order.
 /// Same error rules as [`resolve`].
-pub fn processes(proc_root: &Path, c: &ContainerRef) -> Result<Vec<ProcessInfo>, ContainerError> {
-    let dir = std::fs::read_dir(proc_root)
-        .map_err(|source| ContainerError::ReadProc { path: proc_root.to_path_buf(), source })?;
+pub fn processes(proc_root: &Path, c: &ContainerId) -> Result<Vec<ProcessInfo>, ProcError> {
+    let proc = ProcFs::new(proc_root);
     let mut out = Vec::new();
-    let mut first_error: Option<ContainerError> = None;
+    let mut first_error: Option<ProcError> = None;
     let mut buf = String::new();
-    let mut path = proc_root.to_path_buf();
-    for entry in dir {
-        let entry = entry.map_err(|source| ContainerError::ReadProc { path: proc_root.to_path_buf(), source })?;
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(parse_pid) else {
-            continue;
-        };
-        path.push(&name);
-        path.push("cgroup");
-        let found = scan_one(&path, pid, c, &mut buf);
-        path.pop();
-        path.pop();
-        match found {
+    for pid in proc.pids()? {
+        match scan_one(&proc, pid?, c, &mut buf) {
             Ok(Some(info)) => out.push(info),
-            Ok(None) => {}
-            Err(e) if vanished(&e) => {}
-            Err(source) => {
-                if first_error.is_none() {
-                    first_error = Some(ContainerError::ReadProc { path: proc_root.join(&name), source });
-                }
+            Ok(None) | Err(ProcError::Gone { .. }) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
             }
         }
     }
@@ -317,47 +155,16 @@ pub fn pick_init(procs: &[ProcessInfo]) -> Option<&ProcessInfo> {
         .or_else(|| procs.iter().min_by_key(key))
 }
 
-/// Reads `<dir>/cgroup` (given as `cgroup_path`) and, if it names the
-/// container, `<dir>/stat`.
-fn scan_one(cgroup_path: &Path, pid: u32, c: &ContainerRef, buf: &mut String) -> io::Result<Option<ProcessInfo>> {
-    read_into(cgroup_path, buf)?;
+/// Reads `<pid>/cgroup` and, if it names the container, `<pid>/stat`.
+fn scan_one(proc: &ProcFs, pid: u32, c: &ContainerId, buf: &mut String) -> Result<Option<ProcessInfo>, ProcError> {
+    proc.read_into(pid, "cgroup", buf)?;
     if !c.in_proc_cgroup(buf) {
         return Ok(None);
     }
-    read_into(&cgroup_path.with_file_name("stat"), buf)?;
+    proc.read_into(pid, "stat", buf)?;
     // A stat we cannot parse is a process we cannot place; skip it like one
     // that exited (an exiting process can show a truncated file).
-    Ok(parse_stat(buf).map(|(ppid, start_time)| ProcessInfo { pid, ppid, start_time }))
-}
-
-fn read_into(path: &Path, buf: &mut String) -> io::Result<()> {
-    buf.clear();
-    std::fs::File::open(path)?.read_to_string(buf).map(drop)
-}
-
-/// ENOENT (the /proc entry is gone) or ESRCH (the process exited while the
-/// file was read).
-fn vanished(e: &io::Error) -> bool {
-    const ESRCH: i32 = 3;
-    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ESRCH)
-}
-
-fn parse_pid(name: &str) -> Option<u32> {
-    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    name.parse().ok().filter(|&p| p != 0)
-}
-
-/// `(ppid, starttime)` from `/proc/<pid>/stat`. The command name (field 2)
-/// may contain spaces and parentheses, so fields are counted after the last
-/// `)`: the first one there is field 3.
-fn parse_stat(stat: &str) -> Option<(u32, u64)> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let ppid = fields.nth(1)?.parse().ok()?; // field 4
-    let start_time = fields.nth(17)?.parse().ok()?; // field 22
-    Some((ppid, start_time))
+    Ok(Stat::parse(buf).ok().map(|s| ProcessInfo { pid, ppid: s.ppid, start_time: s.start_time }))
 }
 
 #[cfg(test)]
@@ -421,7 +228,7 @@ mod tests {
         }
 
         fn resolve(&self, s: &str) -> Option<ContainerProcess> {
-            resolve(self.root(), &ContainerRef::parse(s).unwrap()).expect("resolve")
+            resolve(self.root(), &ContainerId::parse(s).unwrap()).expect("resolve")
         }
 
         fn resolve_pid(&self, s: &str) -> Option<u32> {
@@ -442,49 +249,6 @@ mod tests {
 
     fn containerd_systemd() -> String {
         format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID_}.slice/cri-containerd-{ID}.scope")
-    }
-
-    // ---- parse ----
-
-    #[test]
-    fn parse_accepts_every_runtime() {
-        for (s, rt) in [
-            (format!("containerd://{ID}"), Runtime::Containerd),
-            (format!("cri-o://{ID}"), Runtime::CriO),
-            (format!("docker://{ID}"), Runtime::Docker),
-            ("docker://0123456789ab".to_string(), Runtime::Docker),
-        ] {
-            let c = ContainerRef::parse(&s).unwrap();
-            assert_eq!(c.runtime, rt);
-            assert_eq!(c.to_string(), s);
-            assert_eq!(s.parse::<ContainerRef>().unwrap(), c);
-        }
-    }
-
-    #[test]
-    fn parse_errors_say_what_is_wrong() {
-        let cases: Vec<(String, &str)> = vec![
-            (ID.to_string(), "no runtime prefix"),
-            (String::new(), "no runtime prefix"),
-            (format!("rkt://{ID}"), "unsupported runtime \"rkt\""),
-            (format!("Containerd://{ID}"), "unsupported runtime"),
-            (format!("://{ID}"), "unsupported runtime \"\""),
-            ("containerd://".to_string(), "is empty"),
-            ("containerd://0123456789a".to_string(), "has 11 characters"),
-            (format!("containerd://{ID}0"), "has 65 characters"),
-            (format!("containerd://{}", ID.to_uppercase()), "character 'B' at position 1"),
-            (format!("cri-o://{}", &ID[..20].replace('f', "F")), "character 'F' at position 3"),
-            ("docker://0123456789abcdeg".to_string(), "character 'g' at position 15"),
-            (format!("containerd://{ID}/"), "character '/' at position 64"),
-            (format!("containerd:// {ID}"), "character ' ' at position 0"),
-            (format!("containerd://{ID}\n"), "character '\\n'"),
-        ];
-        for (input, want) in cases {
-            let err = ContainerRef::parse(&input).expect_err(&input).to_string();
-            assert!(err.contains(want), "{input:?}: {err:?} does not say {want:?}");
-        }
-        let err = ContainerRef::parse(&format!("containerd://{}", ID.to_uppercase())).unwrap_err();
-        assert!(matches!(err, ContainerError::BadIdChar { ch: 'B', pos: 1, .. }), "{err:?}");
     }
 
     // ---- layouts ----
@@ -636,7 +400,7 @@ mod tests {
         fp.add(2001, 2000, 510, &cg);
         let p = fp.resolve(&format!("containerd://{ID}")).unwrap();
         assert_eq!(p, ContainerProcess { pid: 1000, start_time: 100, root: fp.root().join("1000/root") });
-        let all = processes(fp.root(), &ContainerRef::parse(&format!("containerd://{ID}")).unwrap()).unwrap();
+        let all = processes(fp.root(), &ContainerId::parse(&format!("containerd://{ID}")).unwrap()).unwrap();
         let mut pids: Vec<u32> = all.iter().map(|p| p.pid).collect();
         pids.sort();
         assert_eq!(pids, [300, 301, 1000, 2000, 2001]);
@@ -707,8 +471,8 @@ mod tests {
     fn unreadable_proc_root_is_an_error() {
         let fp = FakeProc::new();
         let missing = fp.root().join("nope");
-        let err = resolve(&missing, &ContainerRef::parse(&format!("containerd://{ID}")).unwrap()).unwrap_err();
-        assert!(matches!(err, ContainerError::ReadProc { .. }), "{err:?}");
+        let err = resolve(&missing, &ContainerId::parse(&format!("containerd://{ID}")).unwrap()).unwrap_err();
+        assert!(matches!(err, ProcError::Io { .. }), "{err:?}");
         assert!(err.to_string().contains("nope"), "{err}");
     }
 
@@ -717,7 +481,7 @@ mod tests {
         let fp = FakeProc::new();
         // A directory where the cgroup file should be: EISDIR, not "gone".
         std::fs::create_dir_all(fp.root().join("1234/cgroup")).unwrap();
-        let c = ContainerRef::parse(&format!("containerd://{ID}")).unwrap();
+        let c = ContainerId::parse(&format!("containerd://{ID}")).unwrap();
         let err = resolve(fp.root(), &c).unwrap_err();
         assert!(err.to_string().contains("1234"), "{err}");
         fp.add(1000, SHIM, 100, &v2(&containerd_systemd()));
@@ -725,26 +489,15 @@ mod tests {
     }
 
     #[test]
-    fn stat_parsing() {
-        assert_eq!(parse_stat("1 (a) S 0 1 1 0 -1 4194560 1 2 3 4 5 6 7 8 20 0 1 0 42 9 9"), Some((0, 42)));
-        assert_eq!(parse_stat("7 (a) b) c) R 3 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 99"), Some((3, 99)));
-        assert_eq!(parse_stat("7 (a R 3"), None);
-        assert_eq!(parse_stat("7 (a) R x 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 99"), None);
-        assert_eq!(parse_pid("0"), None);
-        assert_eq!(parse_pid("+5"), None);
-        assert_eq!(parse_pid("99999999999"), None);
-        assert_eq!(parse_pid("42"), Some(42));
-    }
-
-    #[test]
     fn real_proc_is_readable() {
         // Runs unprivileged: a random ID is not running; our own process is
         // readable by the same parser.
-        let c = ContainerRef::parse(&format!("containerd://{ID}")).unwrap();
+        let c = ContainerId::parse(&format!("containerd://{ID}")).unwrap();
         assert_eq!(resolve(Path::new("/proc"), &c).unwrap(), None);
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-        let (ppid, start) = parse_stat(&stat).expect("parse own stat");
-        assert_eq!(ppid, std::os::unix::process::parent_id());
-        assert!(start > 0);
+        let me = std::process::id();
+        let start = ProcFs::default().stat(me).expect("own stat").start_time;
+        let p = ContainerProcess { pid: me, start_time: start, root: PathBuf::new() };
+        assert!(p.still_running(Path::new("/proc")));
+        assert!(!ContainerProcess { start_time: start + 1, ..p }.still_running(Path::new("/proc")));
     }
 }

@@ -3,7 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod containers;
-pub mod convert;
 pub mod limits;
 pub mod observe;
 pub mod service;

@@ -8,8 +8,8 @@ use janus_proto::v1::{self, janusd_server::Janusd};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::convert;
-use crate::state::GuardKey;
+use janus_api::Release;
+
 use crate::supervisor::{Supervisor, SupervisorError};
 
 /// The service; cheap to clone.
@@ -67,15 +67,8 @@ impl Janusd for Service {
         let sup = self.sup.clone();
         let req = req.into_inner();
         blocking("DestroyGuard", move || {
-            let g = req.guard.ok_or_else(|| Status::invalid_argument("guard: is required"))?;
-            let p = req.pod.ok_or_else(|| Status::invalid_argument("pod: is required"))?;
-            for (field, v) in [("guard.namespace", &g.namespace), ("guard.name", &g.name), ("pod.uid", &p.uid)] {
-                if v.is_empty() {
-                    return Err(Status::invalid_argument(format!("{field}: is required")));
-                }
-            }
-            let key = GuardKey { namespace: g.namespace, name: g.name, ..Default::default() };
-            let existed = sup.destroy(&key, &p.uid).map_err(to_status)?;
+            let r = Release::try_from(&req).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            let existed = sup.destroy(&r.guard, &r.pod_uid).map_err(to_status)?;
             Ok(v1::DestroyGuardResponse { existed })
         })
         .await
@@ -112,7 +105,7 @@ impl Janusd for Service {
                             {
                                 continue;
                             }
-                            if tx.blocking_send(Ok(convert::event_to_wire(&r))).is_err() {
+                            if tx.blocking_send(Ok(event_to_wire(&r))).is_err() {
                                 return;
                             }
                         }
@@ -124,5 +117,27 @@ impl Janusd for Service {
             })
             .map_err(|e| Status::internal(format!("spawn stream thread: {e}")))?;
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+/// Audit record -> wire event.
+fn event_to_wire(r: &janus_engine::audit::AuditRecord) -> v1::AuditEvent {
+    v1::AuditEvent {
+        time: r.time.clone(),
+        guard: r.guard.clone(),
+        namespace: r.namespace.clone(),
+        pod: r.pod.clone(),
+        container: r.container.clone(),
+        node: r.node.clone(),
+        pid: r.pid,
+        process: r.process.clone().unwrap_or_default(),
+        executable: r.executable.clone().unwrap_or_default(),
+        uid: r.uid,
+        path: r.path.clone(),
+        event: r.event.clone(),
+        decision: r.decision.clone(),
+        mode: r.mode.clone(),
+        rule: r.rule.clone().unwrap_or_default(),
+        tags: r.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use janus_agent::observe::{self, Ready};
+use janus_api::GuardManifest;
 use janus_engine::policy::Policy;
-use janus_engine::spec::GuardManifest;
 use janus_engine::{Backend, Engine, EngineConfig, GuardTarget, TargetInfo};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 

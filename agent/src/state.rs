@@ -8,74 +8,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use janus_engine::spec::GuardSpec;
+use janus_api::Assignment;
 use serde::{Deserialize, Serialize};
 
 /// Version of the file format.
 pub const VERSION: u32 = 1;
 
-/// Identity of a JanusGuard.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GuardKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Kubernetes uid.
-    #[serde(default)]
-    pub uid: String,
-    /// metadata.generation the spec came from.
-    #[serde(default)]
-    pub generation: i64,
-}
-
-impl GuardKey {
-    /// `namespace/name`.
-    pub fn qualified(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
-    }
-}
-
-/// Identity of a pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-    /// Kubernetes uid (the key together with the guard).
-    pub uid: String,
-    /// Node it runs on.
-    #[serde(default)]
-    pub node: String,
-}
-
-/// A container of the pod.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContainerSpec {
-    /// Container name.
-    pub name: String,
-    /// `containerd://<id>` and the like.
-    pub runtime_id: String,
-}
-
-/// One (guard, pod) to enforce.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DesiredGuard {
-    /// The guard.
-    pub guard: GuardKey,
-    /// The pod.
-    pub pod: PodKey,
-    /// Its containers.
-    pub containers: Vec<ContainerSpec>,
-    /// The guard's spec.
-    pub spec: GuardSpec,
-}
-
 #[derive(Serialize, Deserialize)]
 struct StateFile {
     version: u32,
-    guards: Vec<DesiredGuard>,
+    guards: Vec<Assignment>,
 }
 
 /// State file failures.
@@ -105,7 +47,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
 }
 
 /// Reads the state; a missing file is an empty state.
-pub fn load(path: &Path) -> Result<Vec<DesiredGuard>, StateError> {
+pub fn load(path: &Path) -> Result<Vec<Assignment>, StateError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -123,7 +65,7 @@ pub fn load(path: &Path) -> Result<Vec<DesiredGuard>, StateError> {
 }
 
 /// Writes the state atomically, creating the directory if needed.
-pub fn save(path: &Path, guards: &[DesiredGuard]) -> Result<(), StateError> {
+pub fn save(path: &Path, guards: &[Assignment]) -> Result<(), StateError> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let body = serde_json::to_vec_pretty(&StateFile { version: VERSION, guards: guards.to_vec() })
@@ -151,13 +93,15 @@ pub fn quarantine(path: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    fn sample() -> DesiredGuard {
-        DesiredGuard {
-            guard: GuardKey { namespace: "ns".into(), name: "g".into(), uid: "u".into(), generation: 3 },
-            pod: PodKey { namespace: "ns".into(), name: "p".into(), uid: "pu".into(), node: "n".into() },
-            containers: vec![ContainerSpec { name: "c".into(), runtime_id: "containerd://abc".into() }],
+    use janus_api::{Container, GuardRef, GuardSpec, PodRef, Subject};
+
+    fn sample() -> Assignment {
+        Assignment {
+            guard: GuardRef { namespace: "ns".into(), name: "g".into(), uid: "u".into(), generation: 3 },
+            pod: PodRef { namespace: "ns".into(), name: "p".into(), uid: "pu".into(), node: "n".into() },
+            containers: vec![Container { name: "c".into(), runtime_id: "containerd://abc".into() }],
             spec: GuardSpec {
-                subjects: vec![janus_engine::spec::Subject { deny: vec!["/x".into()], ..Default::default() }],
+                subjects: vec![Subject { deny: vec!["/x".into()], ..Default::default() }],
                 ..Default::default()
             },
         }

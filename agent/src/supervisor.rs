@@ -10,46 +10,21 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use janus_api::{Assignment, Container, ContainerState, FieldError, GuardRef};
 use janus_engine::policy::Policy;
 use janus_engine::{Engine, GuardTarget, TargetInfo};
-use janus_proto::v1;
+use janus_proto::{convert, v1};
 
-use crate::containers::{self, ContainerRef};
-use crate::convert::{self, InvalidField};
-use crate::state::{self, ContainerSpec, DesiredGuard, GuardKey, PodKey, StateError};
+use crate::containers::{self, ContainerId};
+use crate::state::{self, StateError};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Where one container stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ContainerState {
-    /// Not running yet (or not found): retried with backoff.
-    Pending,
-    /// Enforced.
-    Guarded,
-    /// Applying failed: retried with backoff; see `last_error`.
-    Failed,
-    /// Its process is gone; enforcement removed, waiting for a new one.
-    Gone,
-}
-
-impl ContainerState {
-    /// Name on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContainerState::Pending => "Pending",
-            ContainerState::Guarded => "Guarded",
-            ContainerState::Failed => "Failed",
-            ContainerState::Gone => "Gone",
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Actual {
-    spec: ContainerSpec,
-    cref: ContainerRef,
+    spec: Container,
+    cref: ContainerId,
     pid: u32,
     start_time: u64,
     state: ContainerState,
@@ -62,18 +37,18 @@ struct Actual {
 
 #[derive(Debug)]
 struct Entry {
-    desired: DesiredGuard,
+    desired: Assignment,
     policy: Arc<Policy>,
     containers: Vec<Actual>,
 }
 
 type Key = (String, String);
 
-fn key_of(guard: &GuardKey, pod_uid: &str) -> Key {
+fn key_of(guard: &GuardRef, pod_uid: &str) -> Key {
     (guard.qualified(), pod_uid.to_string())
 }
 
-fn instance_id(d: &DesiredGuard, container: &str) -> String {
+fn instance_id(d: &Assignment, container: &str) -> String {
     format!("{}@{}/{}", d.guard.qualified(), d.pod.uid, container)
 }
 
@@ -85,7 +60,7 @@ pub enum SupervisorError {
     State(#[from] StateError),
     /// The request is invalid.
     #[error(transparent)]
-    Invalid(#[from] InvalidField),
+    Invalid(#[from] FieldError),
 }
 
 /// See the module docs.
@@ -128,7 +103,8 @@ impl Supervisor {
         };
         let mut entries = self.lock();
         for d in desired {
-            match Self::entry_from(d) {
+            // The state file is an input like any other: the model's rules.
+            match d.validate().and_then(|()| Self::entry_from(d)) {
                 Ok(e) => {
                     entries.insert(key_of(&e.desired.guard, &e.desired.pod.uid), e);
                 }
@@ -142,12 +118,12 @@ impl Supervisor {
         Ok(n)
     }
 
-    fn entry_from(desired: DesiredGuard) -> Result<Entry, InvalidField> {
+    fn entry_from(desired: Assignment) -> Result<Entry, FieldError> {
         let policy = Arc::new(Policy::compile(&desired.spec)?);
         let mut containers = Vec::new();
         for (i, c) in desired.containers.iter().enumerate() {
-            let cref = ContainerRef::parse(&c.runtime_id)
-                .map_err(|e| InvalidField::new(format!("containers[{i}].runtimeId"), e.to_string()))?;
+            let cref = ContainerId::parse(&c.runtime_id)
+                .map_err(|e| FieldError::new(format!("containers[{i}].runtimeId"), e))?;
             containers.push(Actual {
                 spec: c.clone(),
                 cref,
@@ -164,67 +140,18 @@ impl Supervisor {
         Ok(Entry { desired, policy, containers })
     }
 
-    /// Validates a CreateGuard request into a desired guard.
-    fn desired_from(&self, req: &v1::CreateGuardRequest) -> Result<DesiredGuard, InvalidField> {
-        let g = req.guard.as_ref().ok_or_else(|| InvalidField::new("guard", "is required"))?;
-        let p = req.pod.as_ref().ok_or_else(|| InvalidField::new("pod", "is required"))?;
-        for (field, value) in [
-            ("guard.namespace", &g.namespace),
-            ("guard.name", &g.name),
-            ("pod.namespace", &p.namespace),
-            ("pod.name", &p.name),
-            ("pod.uid", &p.uid),
-        ] {
-            if value.is_empty() {
-                return Err(InvalidField::new(field, "is required"));
-            }
-        }
-        if !p.node.is_empty() && p.node != self.node {
-            return Err(InvalidField::new(
-                "pod.node",
-                format!("is {:?} but this agent runs on node {:?}", p.node, self.node),
-            ));
-        }
-        if req.containers.is_empty() {
-            return Err(InvalidField::new("containers", "at least one container is required"));
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, c) in req.containers.iter().enumerate() {
-            if c.name.is_empty() {
-                return Err(InvalidField::new(format!("containers[{i}].name"), "is required"));
-            }
-            if !names.insert(c.name.as_str()) {
-                return Err(InvalidField::new(format!("containers[{i}].name"), format!("{:?} appears twice", c.name)));
-            }
-            ContainerRef::parse(&c.runtime_id)
-                .map_err(|e| InvalidField::new(format!("containers[{i}].runtimeId"), e.to_string()))?;
-        }
-        let spec = convert::spec_from_wire(req.spec.as_ref())?;
-        Policy::compile(&spec)?;
-        Ok(DesiredGuard {
-            guard: GuardKey {
-                namespace: g.namespace.clone(),
-                name: g.name.clone(),
-                uid: g.uid.clone(),
-                generation: g.generation,
-            },
-            pod: PodKey {
-                namespace: p.namespace.clone(),
-                name: p.name.clone(),
-                uid: p.uid.clone(),
-                node: self.node.clone(),
-            },
-            containers: req
-                .containers
-                .iter()
-                .map(|c| ContainerSpec { name: c.name.clone(), runtime_id: c.runtime_id.clone() })
-                .collect(),
-            spec,
-        })
+    /// Validates a CreateGuard request (the model's rules, in janus-api)
+    /// into the assignment this agent keeps.
+    fn desired_from(&self, req: &v1::CreateGuardRequest) -> Result<Assignment, FieldError> {
+        let mut a = Assignment::try_from(req)?;
+        a.check_node(&self.node)?;
+        a.pod.node = self.node.clone();
+        Policy::compile(&a.spec)?;
+        Ok(a)
     }
 
     fn save(&self, entries: &BTreeMap<Key, Entry>) -> Result<(), StateError> {
-        let all: Vec<DesiredGuard> = entries.values().map(|e| e.desired.clone()).collect();
+        let all: Vec<Assignment> = entries.values().map(|e| e.desired.clone()).collect();
         state::save(&self.state_path, &all)
     }
 
@@ -266,7 +193,7 @@ impl Supervisor {
     }
 
     /// DestroyGuard: stop enforcing; unknown (guard, pod) is not an error.
-    pub fn destroy(&self, guard: &GuardKey, pod_uid: &str) -> Result<bool, SupervisorError> {
+    pub fn destroy(&self, guard: &GuardRef, pod_uid: &str) -> Result<bool, SupervisorError> {
         let key = key_of(guard, pod_uid);
         let mut entries = self.lock();
         let Some(old) = entries.remove(&key) else { return Ok(false) };
@@ -292,18 +219,14 @@ impl Supervisor {
     /// guarded but its process changed).
     pub fn reconcile(&self) {
         let mut entries = self.lock();
-        let mut counts = [0usize; 4];
+        let mut counts = [0usize; ContainerState::ALL.len()];
         for entry in entries.values_mut() {
             self.reconcile_entry(entry, false);
             for c in &entry.containers {
-                counts[c.state as usize] += 1;
+                counts[ContainerState::ALL.iter().position(|s| *s == c.state).unwrap_or(0)] += 1;
             }
         }
-        for (state, n) in
-            [ContainerState::Pending, ContainerState::Guarded, ContainerState::Failed, ContainerState::Gone]
-                .iter()
-                .zip(counts)
-        {
+        for (state, n) in ContainerState::ALL.iter().zip(counts) {
             metrics::gauge!("janus_agent_containers", "state" => state.as_str()).set(n as f64);
         }
     }
@@ -315,7 +238,7 @@ impl Supervisor {
         }
     }
 
-    fn reconcile_container(&self, d: &DesiredGuard, policy: &Arc<Policy>, a: &mut Actual, force: bool) {
+    fn reconcile_container(&self, d: &Assignment, policy: &Arc<Policy>, a: &mut Actual, force: bool) {
         let id = instance_id(d, &a.spec.name);
         if a.state == ContainerState::Guarded {
             if !force && start_time(&self.proc_root, a.pid) == Some(a.start_time) {
@@ -397,39 +320,31 @@ fn start_time(proc_root: &Path, pid: u32) -> Option<u64> {
     if pid == 0 {
         return None;
     }
-    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    janus_procfs::ProcFs::new(proc_root).stat(pid).ok().map(|s| s.start_time)
 }
 
 fn status_of(e: &Entry) -> v1::GuardStatus {
     let d = &e.desired;
     v1::GuardStatus {
-        guard: Some(v1::GuardRef {
-            namespace: d.guard.namespace.clone(),
-            name: d.guard.name.clone(),
-            uid: d.guard.uid.clone(),
-            generation: d.guard.generation,
-        }),
-        pod: Some(v1::PodRef {
-            namespace: d.pod.namespace.clone(),
-            name: d.pod.name.clone(),
-            uid: d.pod.uid.clone(),
-            node: d.pod.node.clone(),
-        }),
+        guard: Some((&d.guard).into()),
+        pod: Some((&d.pod).into()),
         containers: e
             .containers
             .iter()
-            .map(|a| v1::ContainerStatus {
-                name: a.spec.name.clone(),
-                runtime_id: a.spec.runtime_id.clone(),
-                pid: a.pid,
-                state: a.state.as_str().to_string(),
-                marks: a.marks,
-                last_error: a.last_error.clone(),
-                pending_paths: a.pending.clone(),
+            .map(|a| {
+                let mut c = v1::ContainerStatus {
+                    name: a.spec.name.clone(),
+                    runtime_id: a.spec.runtime_id.clone(),
+                    pid: a.pid,
+                    marks: a.marks,
+                    last_error: a.last_error.clone(),
+                    pending_paths: a.pending.clone(),
+                    ..Default::default()
+                };
+                convert::set_container_state(&mut c, a.state);
+                c
             })
             .collect(),
-        spec: Some(convert::spec_to_wire(&d.spec)),
+        spec: Some((&d.spec).into()),
     }
 }

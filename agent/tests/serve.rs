@@ -106,6 +106,10 @@ enum Cred {
 }
 
 async fn client(agent: &Agent, pki: &Pki, cred: Cred) -> Result<JanusdClient<Channel>, String> {
+    Ok(JanusdClient::new(channel(agent, pki, cred).await?))
+}
+
+async fn channel(agent: &Agent, pki: &Pki, cred: Cred) -> Result<Channel, String> {
     let ca = Certificate::from_pem(std::fs::read(&pki.ca).unwrap());
     let mut tls = ClientTlsConfig::new().domain_name("janusd").ca_certificate(ca);
     match cred {
@@ -123,7 +127,7 @@ async fn client(agent: &Agent, pki: &Pki, cred: Cred) -> Result<JanusdClient<Cha
         }
         Cred::NoCert => {}
     }
-    let ch = Endpoint::from_shared(format!("https://127.0.0.1:{}", agent.grpc))
+    Endpoint::from_shared(format!("https://127.0.0.1:{}", agent.grpc))
         .unwrap()
         .tls_config(tls)
         .unwrap()
@@ -131,8 +135,7 @@ async fn client(agent: &Agent, pki: &Pki, cred: Cred) -> Result<JanusdClient<Cha
         .timeout(Duration::from_secs(60))
         .connect()
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    Ok(JanusdClient::new(ch))
+        .map_err(|e| format!("{e:?}"))
 }
 
 fn guard_ref(name: &str) -> Option<v1::GuardRef> {
@@ -279,6 +282,22 @@ fn refuses_clients_without_a_valid_certificate_and_bad_requests() {
             (
                 {
                     let mut r = create_req("good", &a, &["/x"]);
+                    r.spec.as_mut().unwrap().subjects[0].event_kinds = vec![v1::Event::Open as i32, 42];
+                    r
+                },
+                "spec.subjects[0].eventKinds[1]",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.spec.as_mut().unwrap().mode_kind = 9;
+                    r
+                },
+                "spec.modeKind",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
                     r.containers[0].runtime_id = "rkt://nope".into();
                     r
                 },
@@ -394,17 +413,11 @@ fn container_restart_and_late_start_are_guarded() {
 }
 
 fn agent_resources(pid: u32) -> (usize, usize, u64, u64) {
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let proc = janus_procfs::ProcFs::default();
+    let fds = proc.fds(pid).unwrap().count();
     let marks = janus_tests::marked_inodes(pid).len();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|r| r.split_whitespace().next()?.parse().ok())
-            .unwrap()
-    };
-    (fds, marks, field("Threads:"), field("VmRSS:"))
+    let status = proc.status(pid).unwrap();
+    (fds, marks, status.threads.unwrap(), status.vm_rss_kib.unwrap())
 }
 
 #[test]
@@ -444,4 +457,112 @@ fn create_destroy_cycles_leave_no_leak() {
         assert!(after.2 <= before.2, "thread count grew from {} to {}", before.2, after.2);
         assert!(after.3 < before.3 + 8 * 1024, "RSS grew from {} kB to {} kB", before.3, after.3);
     });
+}
+
+/// A controller of the first release (0.1, strings for events, mode and
+/// state) against this agent, over real mTLS: its requests are enforced and
+/// it reads this agent's replies. The client is generated from the 0.1
+/// proto (tests/proto/janus-0.1.proto).
+#[test]
+#[ignore = "needs root"]
+fn mixed_pair_0_1_controller_and_this_agent() {
+    use janus_tests::legacy;
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s"), ("/data/ok", "o")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut old = legacy::janusd_client::JanusdClient::new(channel(&agent, &s.pki, Cred::Valid).await.unwrap());
+        let req = legacy::CreateGuardRequest {
+            guard: Some(legacy::GuardRef {
+                namespace: "default".into(),
+                name: "old".into(),
+                uid: "u".into(),
+                generation: 1,
+            }),
+            pod: Some(legacy::PodRef {
+                namespace: "default".into(),
+                name: "web".into(),
+                uid: a.pod_uid().into(),
+                node: NODE.into(),
+            }),
+            containers: vec![legacy::Container { name: "app".into(), runtime_id: a.runtime_id() }],
+            spec: Some(legacy::GuardSpec {
+                subjects: vec![legacy::Subject {
+                    deny: vec!["/data/secret".into()],
+                    events: vec!["open".into()],
+                    ..Default::default()
+                }],
+                mode: "Enforce".into(),
+                log_format: String::new(),
+            }),
+        };
+        let st = old.create_guard(req.clone()).await.unwrap().into_inner();
+        assert_eq!(st.containers[0].state, "Guarded", "{st:?}");
+        assert_eq!(a.op("open", "/data/secret"), "EPERM");
+        assert_eq!(a.op("open", "/data/ok"), "ok");
+        let state = old.get_guard_state(legacy::GetGuardStateRequest {}).await.unwrap().into_inner();
+        let spec = state.guards[0].spec.as_ref().unwrap();
+        assert_eq!(
+            (spec.mode.as_str(), spec.subjects[0].events.as_slice()),
+            ("Enforce", ["open".to_string()].as_slice())
+        );
+        let mut bad = req.clone();
+        bad.spec.as_mut().unwrap().mode = "Block".into();
+        let err = old.create_guard(bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("spec.mode"), "{err:?}");
+        assert!(
+            old.destroy_guard(legacy::DestroyGuardRequest { guard: req.guard, pod: req.pod })
+                .await
+                .unwrap()
+                .into_inner()
+                .existed
+        );
+        assert_eq!(a.op("open", "/data/secret"), "ok");
+    });
+}
+
+/// This release's controller against a 0.1 agent, on the bytes: what the
+/// controller sends decodes, with the 0.1 proto, to the strings a 0.1 agent
+/// reads; what a 0.1 agent reports decodes to the states this controller
+/// understands.
+#[test]
+fn mixed_pair_this_controller_and_a_0_1_agent() {
+    use janus_api::{Assignment, Container, ContainerState, EventName, GuardRef, GuardSpec, Mode, PodRef, Subject};
+    use janus_tests::legacy;
+    use prost::Message;
+    let assignment = Assignment {
+        guard: GuardRef { namespace: "ns".into(), name: "g".into(), uid: "u".into(), generation: 2 },
+        pod: PodRef { namespace: "ns".into(), name: "p".into(), uid: "pu".into(), node: NODE.into() },
+        containers: vec![Container { name: "app".into(), runtime_id: "containerd://0123456789abcdef".into() }],
+        spec: GuardSpec {
+            subjects: vec![Subject {
+                deny: vec!["/etc/shadow".into()],
+                events: vec![EventName::Open, EventName::Exec],
+                ..Default::default()
+            }],
+            mode: Mode::Audit,
+            ..Default::default()
+        },
+    };
+    let bytes = CreateGuardRequest::from(&assignment).encode_to_vec();
+    let old = legacy::CreateGuardRequest::decode(bytes.as_slice()).unwrap();
+    let spec = old.spec.unwrap();
+    assert_eq!(spec.mode, "Audit");
+    assert_eq!(spec.subjects[0].events, ["open", "exec"]);
+    assert_eq!(spec.subjects[0].deny, ["/etc/shadow"]);
+    assert_eq!(old.containers[0].runtime_id, "containerd://0123456789abcdef");
+
+    for state in ContainerState::ALL {
+        let reply = legacy::GuardStatus {
+            containers: vec![legacy::ContainerStatus {
+                name: "app".into(),
+                state: state.as_str().into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let new = v1::GuardStatus::decode(reply.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(janus_proto::convert::container_state(&new.containers[0]), Ok(state));
+    }
 }

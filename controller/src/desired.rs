@@ -6,8 +6,11 @@ use std::collections::BTreeMap;
 use janus_proto::v1;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::core::SelectorExt;
 
-use crate::crd::{EventName, JanusGuard, Mode};
+use janus_api::{Assignment, Container, GuardRef, PodRef};
+
+use crate::crd::JanusGuard;
 
 /// A pod the guard should be enforced on.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,7 +29,7 @@ pub fn guard_key(g: &JanusGuard) -> String {
 /// Running containers of a pod with their runtime IDs, if the pod can be
 /// guarded now: scheduled, Running, not being deleted, at least one running
 /// container with an ID.
-pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<v1::Container>)> {
+pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<Container>)> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
@@ -35,63 +38,26 @@ pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<v1::Container>)> {
     if status.phase.as_deref() != Some("Running") {
         return None;
     }
-    let containers: Vec<v1::Container> = status
+    let containers: Vec<Container> = status
         .container_statuses
         .iter()
         .flatten()
         .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
         .filter_map(|c| {
             let id = c.container_id.clone().filter(|id| !id.is_empty())?;
-            Some(v1::Container { name: c.name.clone(), runtime_id: id })
+            Some(Container { name: c.name.clone(), runtime_id: id })
         })
         .collect();
     (!containers.is_empty()).then_some((node, containers))
 }
 
-/// The guard's spec on the wire.
-pub fn spec_to_wire(g: &JanusGuard) -> v1::GuardSpec {
-    v1::GuardSpec {
-        subjects: g
-            .spec
-            .subjects
-            .iter()
-            .map(|s| v1::Subject {
-                allow: s.allow.clone(),
-                deny: s.deny.clone(),
-                events: s
-                    .events
-                    .iter()
-                    .map(|e| {
-                        match e {
-                            EventName::All => "all",
-                            EventName::Access => "access",
-                            EventName::Open => "open",
-                            EventName::Exec => "exec",
-                        }
-                        .to_string()
-                    })
-                    .collect(),
-                only_dir: s.only_dir.unwrap_or(false),
-                auto_allow_owner: s.auto_allow_owner.unwrap_or(false),
-                audit: s.audit.unwrap_or(false),
-                tags: s.tags.clone().unwrap_or_default().into_iter().collect(),
-                mountpoint: s.mountpoint.unwrap_or(false),
-            })
-            .collect(),
-        mode: match g.spec.mode.unwrap_or_default() {
-            Mode::Enforce => "Enforce",
-            Mode::Audit => "Audit",
-        }
-        .to_string(),
-        log_format: g.spec.log_format.clone().unwrap_or_default(),
-    }
-}
-
 /// Every pod in `pods` the guard selects and can guard now, keyed by pod uid.
+/// Empty if the guard's selector is empty or cannot be parsed
+/// ([`crate::selector::parse`] says why).
 pub fn targets<'a>(g: &JanusGuard, pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<String, Target> {
+    let Ok(Some(selector)) = crate::selector::parse(&g.spec.selector) else { return BTreeMap::new() };
     let ns = g.namespace().unwrap_or_default();
-    let spec = spec_to_wire(g);
-    let guard = v1::GuardRef {
+    let guard = GuardRef {
         namespace: ns.clone(),
         name: g.name_any(),
         uid: g.uid().unwrap_or_default(),
@@ -99,17 +65,17 @@ pub fn targets<'a>(g: &JanusGuard, pods: impl IntoIterator<Item = &'a Pod>) -> B
     };
     let mut out = BTreeMap::new();
     for pod in pods {
-        if pod.namespace().as_deref() != Some(ns.as_str()) || !crate::selector::matches(&g.spec.selector, pod.labels())
-        {
+        if pod.namespace().as_deref() != Some(ns.as_str()) || !selector.matches(pod.labels()) {
             continue;
         }
         let (Some(uid), Some((node, containers))) = (pod.uid(), guardable_containers(pod)) else { continue };
-        let request = v1::CreateGuardRequest {
-            guard: Some(guard.clone()),
-            pod: Some(v1::PodRef { namespace: ns.clone(), name: pod.name_any(), uid: uid.clone(), node: node.clone() }),
+        let assignment = Assignment {
+            guard: guard.clone(),
+            pod: PodRef { namespace: ns.clone(), name: pod.name_any(), uid: uid.clone(), node: node.clone() },
             containers,
-            spec: Some(spec.clone()),
+            spec: g.spec.clone(),
         };
+        let request = v1::CreateGuardRequest::from(&assignment);
         out.insert(uid, Target { node, request });
     }
     out
@@ -154,8 +120,9 @@ mod tests {
         assert_eq!(req.containers[0].runtime_id, "containerd://0123456789abcdef");
         assert_eq!(req.guard.as_ref().unwrap().generation, 4);
         let spec = req.spec.as_ref().unwrap();
-        assert_eq!(spec.mode, "Audit");
+        assert_eq!((spec.mode.as_str(), spec.mode_kind), ("Audit", v1::Mode::Audit as i32));
         assert_eq!(spec.subjects[0].events, ["open", "exec"]);
+        assert_eq!(spec.subjects[0].event_kinds, [v1::Event::Open as i32, v1::Event::Exec as i32]);
         assert!(spec.subjects[0].auto_allow_owner);
         assert_eq!(t["uid-a"].node, "node-a");
     }

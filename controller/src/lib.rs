@@ -5,8 +5,11 @@
 pub mod agents;
 pub mod crd;
 pub mod desired;
+pub mod diff;
 pub mod drift;
+pub mod fanout;
 pub mod leader;
 pub mod reconcile;
 pub mod run;
 pub mod selector;
+pub mod status;

@@ -25,10 +25,10 @@ use crate::engine::{Backend, EngineError, Queue, Runtime};
 use crate::event::{self, Event, RESPONSE_LEN};
 use crate::marks::{classify, merge_deny_wins};
 use crate::policy::{Decision, Scratch, Verdict};
-use crate::spec::Mode;
 use crate::sys::uring::{Completion, OpKind, Ring};
 use crate::sys::{self, fanotify};
 use crate::{Kind, metrics as m};
+use janus_api::Mode;
 
 /// Bytes read from a group at once (about 680 events).
 const READ_BUF: usize = 16 * 1024;
@@ -373,23 +373,17 @@ fn is_owned(pid: i32, owners: &[u32]) -> bool {
         return false;
     }
     let mut p = pid as u32;
+    let proc = janus_procfs::ProcFs::default();
     for _ in 0..128 {
         if owners.contains(&p) {
             return true;
         }
-        match parent_pid(p) {
-            Some(pp) if pp > 0 && pp != p => p = pp,
+        match proc.stat(p).map(|s| s.ppid) {
+            Ok(pp) if pp > 0 && pp != p => p = pp,
             _ => return false,
         }
     }
     false
-}
-
-fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // comm may contain spaces and ')': fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
 }
 
 struct WriteCtx {

@@ -238,7 +238,9 @@ impl Drop for Runtime {
 /// (each guard instance uses two groups).
 pub(crate) fn group_error(which: &str, e: std::io::Error) -> EngineError {
     if e.raw_os_error() == Some(libc::EMFILE) {
-        let limit = std::fs::read_to_string("/proc/sys/fs/fanotify/max_user_groups").unwrap_or_default();
+        let limit = janus_procfs::ProcFs::default()
+            .fanotify_max_user_groups()
+            .map_or_else(|e| format!("unreadable: {e}"), |n| n.to_string());
         return EngineError::io(
             format!(
                 "fanotify_init ({which} group): the per-user limit of fanotify groups (fs.fanotify.max_user_groups = {}) is reached; each guard instance uses two",

@@ -13,10 +13,8 @@ mod engine;
 pub mod event;
 mod marks;
 pub mod metrics;
-pub mod pattern;
 pub mod policy;
 pub mod reference;
-pub mod spec;
 #[allow(unsafe_code)]
 mod sys;
 mod watch;

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::pattern::{Component, Glob, Pattern, Specificity};
-use crate::spec::{GuardSpec, Mode, SpecError};
 use crate::{Kind, KindSet};
+use janus_api::pattern::{Component, Glob, Pattern, Specificity};
+use janus_api::{EventName, FieldError, GuardSpec, Mode, Subject};
 
 /// Allow or deny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -116,10 +116,27 @@ pub struct Scratch<'p> {
     matched: Vec<u32>,
 }
 
+/// The access kinds a subject's rules apply to (`events`; all when empty).
+pub fn kinds_of(subject: &Subject) -> KindSet {
+    if subject.events.is_empty() {
+        return KindSet::ALL;
+    }
+    subject.events.iter().fold(KindSet::EMPTY, |set, e| {
+        set.union(match e {
+            EventName::All => KindSet::ALL,
+            EventName::Access => KindSet::ACCESS,
+            EventName::Open => KindSet::OPEN,
+            EventName::Exec => KindSet::EXEC,
+        })
+    })
+}
+
 impl Policy {
-    /// Compiles a validated spec. Errors name the field.
-    pub fn compile(spec: &GuardSpec) -> Result<Policy, SpecError> {
-        spec.validate("spec")?;
+    /// Compiles a spec, checked by the model's rules but for the size
+    /// limits of one API object (`GuardSpec::validate_without_limits`).
+    /// Errors name the field.
+    pub fn compile(spec: &GuardSpec) -> Result<Policy, FieldError> {
+        spec.validate_without_limits().map_err(|e| e.within("spec"))?;
         let mut rules = Vec::new();
         let mut subjects = Vec::new();
         for (si, subject) in spec.subjects.iter().enumerate() {
@@ -132,15 +149,15 @@ impl Policy {
             for (verdict, paths) in [(Verdict::Allow, &subject.allow), (Verdict::Deny, &subject.deny)] {
                 for text in paths {
                     // Validated above: parse cannot fail here.
-                    let pattern = Pattern::parse(text)
-                        .map_err(|e| SpecError { field: format!("spec.subjects[{si}]"), reason: e.0 })?;
+                    let pattern =
+                        Pattern::parse(text).map_err(|e| FieldError::new(format!("spec.subjects[{si}]"), e.0))?;
                     rules.push(Rule {
                         text: Arc::from(text.as_str()),
                         specificity: pattern.specificity(),
                         pattern,
                         verdict,
                         subject: si as u32,
-                        kinds: subject.kinds(),
+                        kinds: kinds_of(subject),
                         only_dir: subject.only_dir,
                     });
                 }
@@ -232,7 +249,7 @@ impl Policy {
         for n in &scratch.active {
             scratch.matched.extend_from_slice(&n.terminal);
         }
-        for name in crate::pattern::split_path(path) {
+        for name in janus_api::pattern::split_path(path) {
             if scratch.active.is_empty() {
                 break;
             }
@@ -294,7 +311,7 @@ impl Policy {
 
     /// Reference decision by scanning every rule, used to test the trie.
     pub fn decide_by_scan(&self, path: &[u8], is_dir: bool) -> Decision {
-        let comps: Vec<&[u8]> = crate::pattern::split_path(path).collect();
+        let comps: Vec<&[u8]> = janus_api::pattern::split_path(path).collect();
         let mut decision = Decision::default();
         for kind in Kind::ALL {
             decision.rules[kind as usize] = self
@@ -348,7 +365,7 @@ fn fill_interest(node: &mut Node, interesting: &[bool]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Subject;
+    use janus_api::Subject;
     use proptest::prelude::*;
 
     fn policy(subjects: Vec<Subject>) -> Policy {
@@ -384,7 +401,7 @@ mod tests {
     #[test]
     fn patterns_and_kinds() {
         let mut s = subj(&[], &["/data/**/*.key"]);
-        s.events = vec![crate::spec::EventName::Open];
+        s.events = vec![EventName::Open];
         let p = policy(vec![s]);
         assert_eq!(verdict(&p, "/data/a/b/c.key", Kind::Open), Verdict::Deny);
         assert_eq!(verdict(&p, "/data/c.key", Kind::Open), Verdict::Deny);
@@ -447,9 +464,9 @@ mod tests {
         ) {
             let subjects: Vec<Subject> = rules.iter().map(|(p, deny, kinds, only_dir)| {
                 let mut events = Vec::new();
-                if kinds & 1 != 0 { events.push(crate::spec::EventName::Open); }
-                if kinds & 2 != 0 { events.push(crate::spec::EventName::Access); }
-                if kinds & 4 != 0 { events.push(crate::spec::EventName::Exec); }
+                if kinds & 1 != 0 { events.push(EventName::Open); }
+                if kinds & 2 != 0 { events.push(EventName::Access); }
+                if kinds & 4 != 0 { events.push(EventName::Exec); }
                 Subject {
                     allow: if *deny { vec![] } else { vec![p.clone()] },
                     deny: if *deny { vec![p.clone()] } else { vec![] },

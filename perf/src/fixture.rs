@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use janus_engine::spec::{GuardSpec, Subject};
+use janus_api::{GuardSpec, Subject};
 
 /// The bench directory as the guard sees it (inside its root).
 pub const BENCH_IN_ROOT: &str = "/bench";
@@ -186,8 +186,11 @@ pub fn realistic_guard(name: &str, audit_bench: bool) -> String {
             let _ = writeln!(y, "    - \"{i}\"");
         }
     };
-    y.push_str("  - tags: {team: perf}\n");
-    list(&mut y, "deny", &deny);
+    // At most 256 paths per list, as the CRD allows.
+    for chunk in deny.chunks(janus_api::guard::MAX_PATHS) {
+        y.push_str("  - tags: {team: perf}\n");
+        list(&mut y, "deny", chunk);
+    }
     y.push_str("  - events: [open]\n");
     list(&mut y, "allow", &["/etc/ssl/private/public.pem".to_string()]);
     if audit_bench {
@@ -240,8 +243,8 @@ pub fn scale_path(n: usize, prefix: &str, k: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use janus_api::GuardManifest;
     use janus_engine::policy::{Policy, Scratch};
-    use janus_engine::spec::GuardManifest;
     use std::sync::Arc;
 
     #[test]

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use janus_api::GuardManifest;
 use janus_engine::policy::Policy;
-use janus_engine::spec::GuardManifest;
 use janus_engine::{Backend, Engine, EngineConfig, GuardTarget, TargetInfo};
 use serde::{Deserialize, Serialize};
 

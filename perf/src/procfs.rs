@@ -4,6 +4,8 @@
 use std::io;
 use std::process::{Command, Stdio};
 
+use janus_procfs::{Pid, ProcError, ProcFs};
+
 /// A reading of this process's CPU clock; see [`CpuSample::since`].
 #[derive(Clone, Copy, Debug)]
 pub struct CpuSample {
@@ -42,70 +44,44 @@ impl CpuSample {
 
 /// (sum of run time in ns, live threads).
 fn schedstat_sum() -> io::Result<(u64, u64)> {
+    let proc = ProcFs::default();
     let (mut total, mut threads) = (0u64, 0u64);
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let path = task?.path().join("schedstat");
-        // A thread may exit between listing and reading.
-        let Ok(text) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        total += parse_first_u64(&text)?;
-        threads += 1;
+    for tid in proc.tasks(Pid::SelfProc)? {
+        match proc.task_schedstat(Pid::SelfProc, tid?) {
+            Ok(s) => {
+                total += s.run_ns;
+                threads += 1;
+            }
+            Err(e @ ProcError::Parse { .. }) => return Err(e.into()),
+            // A thread may exit between listing and reading.
+            Err(_) => {}
+        }
     }
     Ok((total, threads))
 }
 
-fn parse_first_u64(text: &str) -> io::Result<u64> {
-    text.split_whitespace()
-        .next()
-        .and_then(|f| f.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("unexpected schedstat: {text:?}")))
-}
-
 fn stat_cpu_ns() -> io::Result<u64> {
-    let text = std::fs::read_to_string("/proc/self/stat")?;
-    parse_stat_cpu_ticks(&text)
-        // USER_HZ is 100 on every Linux ABI Janus targets.
-        .map(|ticks| ticks * 10_000_000)
-        .ok_or_else(|| io::Error::other("unexpected /proc/self/stat"))
-}
-
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in ticks.
-fn parse_stat_cpu_ticks(text: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let rest = &text[text.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3, so utime (14) is index 11.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    let stat = ProcFs::default().stat(Pid::SelfProc)?;
+    // USER_HZ is 100 on every Linux ABI Janus targets.
+    Ok((stat.utime + stat.stime) * 10_000_000)
 }
 
 /// Resident set size of this process in KiB (`VmRSS`).
 pub fn vm_rss_kib() -> io::Result<u64> {
-    status_field("VmRSS:")?
-        .split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| io::Error::other("unexpected VmRSS"))
+    ProcFs::default()
+        .status(Pid::SelfProc)?
+        .vm_rss_kib
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/self/status"))
 }
 
 /// Number of open file descriptors of this process.
 pub fn open_fds() -> io::Result<usize> {
-    Ok(std::fs::read_dir("/proc/self/fd")?.count())
+    Ok(ProcFs::default().fds(Pid::SelfProc)?.count())
 }
 
 /// Whether the effective uid is 0.
 pub fn is_root() -> bool {
-    status_field("Uid:").ok().and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0")).unwrap_or(false)
-}
-
-fn status_field(name: &str) -> io::Result<String> {
-    let text = std::fs::read_to_string("/proc/self/status")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.trim().to_string())
-        .ok_or_else(|| io::Error::other(format!("no {name} in /proc/self/status")))
+    ProcFs::default().status(Pid::SelfProc).is_ok_and(|s| s.uid.effective == 0)
 }
 
 /// The kernel release (`uname -r`).
@@ -124,12 +100,12 @@ pub fn loadavg() -> String {
 
 /// Whether process `pid` exists.
 pub fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    ProcFs::default().exists(pid)
 }
 
 /// `fs.fanotify.max_user_groups`, if readable.
 pub fn fanotify_max_groups() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/fs/fanotify/max_user_groups").ok()?.trim().parse().ok()
+    ProcFs::default().fanotify_max_user_groups().ok().map(|n| n as usize)
 }
 
 /// Whether `taskset` can be run (needed for pinned runs).
@@ -139,11 +115,7 @@ pub fn have_taskset() -> bool {
 
 /// Kernel thread id of the calling thread, from `/proc/thread-self`.
 pub fn current_tid() -> io::Result<u32> {
-    let link = std::fs::read_link("/proc/thread-self")?;
-    link.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("unexpected /proc/thread-self: {link:?}")))
+    Ok(ProcFs::default().current_tid()?)
 }
 
 /// Pins the calling thread to `cpu` (threads it spawns later inherit it).
@@ -160,26 +132,15 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
 /// Whether the open fanotify group of this process holds at least one mark
 /// (its `/proc/self/fdinfo` lists `fanotify ino:` lines).
 pub fn fanotify_has_marks() -> bool {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        let is_fanotify = std::fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy() == "anon_inode:[fanotify]");
-        is_fanotify
-            && std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.file_name().to_string_lossy()))
-                .is_ok_and(|info| info.contains("fanotify ino:"))
+    let proc = ProcFs::default();
+    proc.fanotify_fds(Pid::SelfProc).is_ok_and(|fds| {
+        fds.into_iter().any(|fd| proc.fdinfo(Pid::SelfProc, fd).is_ok_and(|i| !i.fanotify_inodes.is_empty()))
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stat_line_with_spaces_in_name() {
-        let line = "42 (a b) S 1 42 42 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 5 0 0";
-        assert_eq!(parse_stat_cpu_ticks(line), Some(10));
-    }
 
     #[test]
     fn own_process_facts() {

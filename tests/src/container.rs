@@ -30,6 +30,8 @@ use std::sync::Mutex;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
+use janus_procfs::{Mount, Pid, ProcFs};
+
 /// How long `start`, `restart` and `stop` wait for each step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time [`TestContainer::op`] waits for an answer.
@@ -211,29 +213,21 @@ pub struct CgroupMounts {
 /// Reads `/proc/self/mountinfo` for cgroup and cgroup2 mounts. The first
 /// mount of each hierarchy wins.
 pub fn cgroup_mounts() -> CgroupMounts {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut text = String::new();
+    let _ = ProcFs::default().read_into(Pid::SelfProc, "mountinfo", &mut text);
     parse_cgroup_mounts(&text)
 }
 
 fn parse_cgroup_mounts(mountinfo: &str) -> CgroupMounts {
     let mut out = CgroupMounts::default();
-    for line in mountinfo.lines() {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        if left.len() < 5 || right.len() < 3 {
-            continue;
-        }
-        let mount = CgroupMount { mount_point: PathBuf::from(unescape(left[4])), root: unescape(left[3]) };
-        match right[0] {
+    for m in Mount::parse_all(mountinfo).flatten() {
+        let mount = CgroupMount { mount_point: m.mount_point, root: m.root };
+        match m.fs_type.as_str() {
             "cgroup2" => {
                 out.v2.get_or_insert(mount);
             }
             "cgroup" => {
-                for opt in right[2].split(',') {
+                for opt in m.super_options.split(',') {
                     let known = matches!(
                         opt,
                         "pids"
@@ -260,27 +254,6 @@ fn parse_cgroup_mounts(mountinfo: &str) -> CgroupMounts {
         }
     }
     out
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Shared ancestor cgroup directories (`/kubepods.slice`, ...) that this
@@ -414,14 +387,12 @@ fn kill_pids(pids: &[u32]) {
 
 /// Start time (field 22 of `/proc/<pid>/stat`), if the process exists.
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_ascii_whitespace().nth(19)?.parse().ok()
+    ProcFs::default().stat(pid).ok().map(|s| s.start_time)
 }
 
 /// Parent pid (field 4 of `/proc/<pid>/stat`), if the process exists.
 pub fn parent_pid(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..].split_ascii_whitespace().nth(1)?.parse().ok()
+    ProcFs::default().stat(pid).ok().map(|s| s.ppid)
 }
 
 /// Whether `pid` is `ancestor` or one of its descendants (walks parents).
@@ -875,12 +846,8 @@ fn recv_line(rx: &Receiver<String>, timeout: Duration) -> Option<String> {
 
 /// Mount points (in this process's mount namespace) at or below `dir`.
 fn mounts_below(dir: &Path) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(unescape(m)))
-        .filter(|m| m.starts_with(dir))
-        .collect()
+    let mounts = ProcFs::default().mountinfo(Pid::SelfProc).expect("read /proc/self/mountinfo");
+    mounts.into_iter().map(|m| m.mount_point).filter(|m| m.starts_with(dir)).collect()
 }
 
 /// Creates the root filesystem and returns the shell script that finishes

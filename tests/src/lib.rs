@@ -6,9 +6,18 @@
 pub mod container;
 pub mod pki;
 
+/// `janus.v1` as the first release (0.1) defined it: messages and client,
+/// to play a 0.1 peer against this release (mixed-version tests).
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod legacy {
+    tonic::include_proto!("janus.v1");
+}
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use janus_procfs::{Pid, ProcFs};
 
 /// Path of the probe binary built with this package: next to the test
 /// executable's `deps/` directory (cargo builds it for integration tests).
@@ -29,9 +38,7 @@ pub fn target_bin(name: &str) -> std::path::PathBuf {
 
 /// Fails the test with a clear message unless running as root.
 pub fn require_root() {
-    let uid = std::fs::read_to_string("/proc/self/status").ok().and_then(|s| {
-        s.lines().find_map(|l| l.strip_prefix("Uid:").and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok()))
-    });
+    let uid = ProcFs::default().status(Pid::SelfProc).ok().map(|s| s.uid.real);
     assert_eq!(
         uid,
         Some(0),
@@ -73,36 +80,15 @@ pub fn write(path: impl AsRef<Path>, contents: &str) {
 
 /// Counts fanotify groups held by process `pid`.
 pub fn fanotify_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("fanotify")))
-                .count()
-        })
-        .unwrap_or(0)
+    ProcFs::default().fanotify_fds(pid).map_or(0, |fds| fds.len())
 }
 
 /// Inode numbers that fanotify groups held by process `pid` have marks on
 /// (from `/proc/<pid>/fdinfo`).
 pub fn marked_inodes(pid: u32) -> std::collections::HashSet<u64> {
-    let mut out = std::collections::HashSet::new();
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(info) = std::fs::read_to_string(e.path()) else {
-            continue;
-        };
-        for line in info.lines() {
-            if let Some(rest) = line.strip_prefix("fanotify ino:")
-                && let Some(hex) = rest.split_whitespace().next()
-                && let Ok(ino) = u64::from_str_radix(hex, 16)
-            {
-                out.insert(ino);
-            }
-        }
-    }
-    out
+    let proc = ProcFs::default();
+    let fds = proc.fanotify_fds(pid).unwrap_or_default();
+    fds.into_iter().filter_map(|fd| proc.fdinfo(pid, fd).ok()).flat_map(|i| i.fanotify_inodes).collect()
 }
 
 /// Inode numbers of `dir` and everything below it.

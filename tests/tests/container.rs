@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use janus_agent::containers::{ContainerRef, resolve};
+use janus_agent::containers::{ContainerId, resolve};
 use janus_tests::container::{Layout, TestContainer};
 use janus_tests::require_root;
 
@@ -18,9 +18,10 @@ fn available(layout: Layout) -> bool {
 
 /// The line of `/proc/<pid>/cgroup` that puts `pid` in the container's cgroup.
 fn cgroup_line(pid: u32, c: &TestContainer) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let mut buf = String::new();
+    let lines = janus_procfs::ProcFs::default().cgroups(pid, &mut buf).ok()?;
     let want = c.cgroup_path();
-    text.lines().find(|l| l.splitn(3, ':').nth(2) == Some(want.as_str())).map(str::to_string)
+    lines.iter().find(|l| l.path == want).map(|l| format!("{}:{}:{}", l.hierarchy, l.controllers, l.path))
 }
 
 fn exercise(layout: Layout) {
@@ -107,7 +108,7 @@ fn resolves(layout: Layout) {
         return;
     }
     let mut c = TestContainer::start(layout, &[("/data/secret", "s")]);
-    let r = ContainerRef::parse(&c.runtime_id()).unwrap();
+    let r = ContainerId::parse(&c.runtime_id()).unwrap();
     let proc = Path::new("/proc");
     let found = resolve(proc, &r).unwrap().expect("container resolved");
     assert_eq!(found.pid, c.pid(), "{layout:?}: resolved the wrong process (shim is {:?})", c.shim_pid());
@@ -192,7 +193,7 @@ fn many_containers_at_once_share_ancestors() {
         layouts.iter().chain(layouts.iter()).map(|&l| TestContainer::start(l, &[("/x", "x")])).collect();
     for c in &mut cs {
         assert_eq!(c.op("open", "/x"), "ok");
-        let r = ContainerRef::parse(&c.runtime_id()).unwrap();
+        let r = ContainerId::parse(&c.runtime_id()).unwrap();
         assert_eq!(resolve(Path::new("/proc"), &r).unwrap().map(|p| p.pid), Some(c.pid()));
     }
     // Dropping in creation order: later containers still work.
@@ -232,7 +233,7 @@ fn prepared_container_resolves_only_after_launch() {
     require_root();
     let layout = Layout::ALL.into_iter().find(|l| l.available()).expect("a layout");
     let mut c = TestContainer::prepare(layout, &[("/x", "x")]);
-    let r = ContainerRef::parse(&c.runtime_id()).unwrap();
+    let r = ContainerId::parse(&c.runtime_id()).unwrap();
     assert!(!c.is_running());
     assert!(c.cgroup_dir().is_dir());
     assert_eq!(resolve(Path::new("/proc"), &r).unwrap(), None);

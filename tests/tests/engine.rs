@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use janus_api::GuardManifest;
 use janus_engine::audit::AuditRecord;
 use janus_engine::policy::Policy;
-use janus_engine::spec::GuardManifest;
 use janus_engine::{Backend, Engine, EngineConfig, GuardReport, GuardTarget, TargetInfo};
 use janus_tests::{probe, probe_until, require_root, write};
 

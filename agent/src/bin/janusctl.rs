@@ -10,10 +10,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use janus_api::GuardManifest;
 use janus_common::tls::TlsArgs;
 use janus_engine::Kind;
 use janus_engine::policy::{Policy, Scratch, Verdict};
-use janus_engine::spec::GuardManifest;
 use janus_proto::v1::janusd_client::JanusdClient;
 use janus_proto::v1::{GetGuardStateRequest, WatchEventsRequest};
 
@@ -119,9 +119,13 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
                 let guard = g.guard.as_ref().map(|x| format!("{}/{}", x.namespace, x.name)).unwrap_or_default();
                 let pod = g.pod.as_ref().map(|x| format!("{}/{}", x.namespace, x.name)).unwrap_or_default();
                 for c in &g.containers {
+                    let state = match janus_proto::convert::container_state(c) {
+                        Ok(s) => s.to_string(),
+                        Err(e) => format!("?({e})"),
+                    };
                     println!(
                         "{guard:<30} {pod:<30} {:<12} {:<10} {:>8} {:>6}  {}",
-                        c.name, c.state, c.pid, c.marks, c.last_error
+                        c.name, state, c.pid, c.marks, c.last_error
                     );
                 }
             }
@@ -182,8 +186,7 @@ fn explain(file: &PathBuf, is_dir: bool, paths: &[String]) -> anyhow::Result<()>
                             .iter()
                             .filter(|x| x.kinds.contains(kind) && (!x.only_dir || is_dir))
                             .filter(|x| {
-                                x.pattern
-                                    .covers(&janus_engine::pattern::split_path(path.as_bytes()).collect::<Vec<_>>())
+                                x.pattern.covers(&janus_api::pattern::split_path(path.as_bytes()).collect::<Vec<_>>())
                             })
                             .count();
                         if covering > 1 {
@@ -192,7 +195,7 @@ fn explain(file: &PathBuf, is_dir: bool, paths: &[String]) -> anyhow::Result<()>
                         if rule.verdict == Verdict::Deny && subject.auto_allow_owner {
                             why.push_str("; the container's own process tree is allowed (autoAllowOwner)");
                         }
-                        if rule.verdict == Verdict::Deny && g.spec.mode == janus_engine::spec::Mode::Audit {
+                        if rule.verdict == Verdict::Deny && g.spec.mode == janus_api::Mode::Audit {
                             why.push_str("; Audit mode: logged as would-deny, allowed");
                         }
                         format!("{verdict}  {why}")
