@@ -82,6 +82,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("start enforcement (needs CAP_SYS_ADMIN for fanotify)")?;
     tracing::info!(backend = engine.backend().as_str(), node = %args.node_name, "enforcement started");
+    // /healthz fails once an engine thread stops beating (each beats at
+    // least once a second): the liveness probe then restarts janusd.
+    let heartbeat = engine.heartbeat();
+    ready.set_liveness(std::sync::Arc::new(move || heartbeat.check(std::time::Duration::from_secs(10))));
     let sup =
         Arc::new(Supervisor::new(engine, args.node_name.clone(), args.state_file.clone(), args.proc_root.clone()));
 

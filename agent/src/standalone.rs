@@ -126,6 +126,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     })
     .context("start enforcement (needs root: CAP_SYS_ADMIN for fanotify)")?;
     tracing::info!(backend = engine.backend().as_str(), "enforcement started");
+    // /healthz fails once an engine thread stops beating (each beats at
+    // least once a second): the liveness probe then restarts janusd.
+    let heartbeat = engine.heartbeat();
+    ready.set_liveness(std::sync::Arc::new(move || heartbeat.check(std::time::Duration::from_secs(10))));
     apply_all(&engine, targets)?;
     ready.set();
     tracing::info!(guards = engine.guard_ids().len(), file = %args.file.display(), "janusd standalone ready; SIGHUP reloads, SIGINT/SIGTERM stops");

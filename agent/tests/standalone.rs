@@ -64,10 +64,15 @@ fn lines(r: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 
 impl Janusd {
     fn start(file: &Path, extra: &[&str]) -> Janusd {
+        Janusd::start_with(file, extra, &[])
+    }
+
+    fn start_with(file: &Path, extra: &[&str], env: &[(&str, &str)]) -> Janusd {
         let mut child = Command::new(JANUSD)
             .args(["standalone", "-f"])
             .arg(file)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -168,4 +173,186 @@ fn enforces_reloads_and_stops_cleanly() {
     let status = j.child.wait().unwrap();
     assert!(status.success(), "janusd exit status {status:?}");
     assert_eq!(cat(&d.join("other")), "ok");
+}
+
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+fn metrics(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Sum of a counter's samples in a Prometheus text body (0 when absent).
+fn counter(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A temp dir with `secret` (denied) and `files/f0..f9` (allowed, every
+/// open audited, so every open is decided in user space), and its guard.
+fn audited_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+    janus_tests::require_root();
+    let dir = tempfile::Builder::new().prefix("janus-standalone-").tempdir().unwrap();
+    let d = dir.path();
+    janus_tests::write(d.join("secret"), "s");
+    for i in 0..10 {
+        janus_tests::write(d.join(format!("files/f{i}")), "x");
+    }
+    let file = d.join("guard.yaml");
+    std::fs::write(
+        &file,
+        manifest(&format!(
+            "  subjects:\n  - deny: [\"{0}/secret\"]\n  - allow: [\"{0}/files\"]\n    audit: true\n",
+            d.display()
+        )),
+    )
+    .unwrap();
+    (dir, file)
+}
+
+/// `rounds` times: open each allowed file (must succeed) and the denied
+/// one (must fail), from short-lived processes, under a 60 s watchdog.
+/// Returns the shell's exit code: 0 all as expected, 3 an allowed open
+/// failed, 4 a denied open succeeded, 124 something hung.
+fn hammer(d: &Path, rounds: u32) -> i32 {
+    let script = format!(
+        "for i in $(seq {rounds}); do for f in {0}/files/*; do cat \"$f\" >/dev/null || exit 3; done; \
+         if cat {0}/secret 2>/dev/null; then exit 4; fi; done",
+        d.display()
+    );
+    Command::new("timeout").args(["60", "sh", "-c", &script]).status().unwrap().code().unwrap_or(-1)
+}
+
+/// The ring refuses every fourth submission (fault injection): reads are
+/// re-armed later and responses written directly, so every open is still
+/// answered, correctly.
+#[test]
+#[ignore = "needs root"]
+fn injected_submission_failures_leave_no_opener_unanswered() {
+    let (dir, file) = audited_dir();
+    let addr = free_addr();
+    let j = Janusd::start_with(
+        &file,
+        &["--backend", "io-uring", "--metrics-addr", &addr],
+        &[("JANUS_FAULT_INJECT", "ring-push-fail:4")],
+    );
+    assert_eq!(hammer(dir.path(), 30), 0, "an open was answered wrongly or never");
+    let body = metrics(&addr);
+    assert!(counter(&body, "janus_submit_errors_total") > 10.0, "no submission failed:\n{body}");
+    assert!(counter(&body, "janus_groups_failed_total") == 0.0, "a group was given up:\n{body}");
+    let mut j = j;
+    assert!(j.child.try_wait().unwrap().is_none(), "janusd exited");
+}
+
+/// A panic on the enforcement thread aborts janusd: the kernel then lets
+/// every waiting opener through instead of leaving them blocked.
+#[test]
+#[ignore = "needs root"]
+fn a_panic_on_the_enforcement_thread_aborts_and_releases_openers() {
+    use std::os::unix::process::ExitStatusExt;
+    let (dir, file) = audited_dir();
+    let mut j = Janusd::start_with(&file, &[], &[("JANUS_FAULT_INJECT", "panic-after-events:20")]);
+    // Openers run until janusd dies; none may hang (the watchdog says 124).
+    let script =
+        format!("for i in $(seq 200); do cat {0}/files/f1 {0}/secret >/dev/null 2>&1; done", dir.path().display());
+    let code = Command::new("timeout").args(["60", "sh", "-c", &script]).status().unwrap().code();
+    assert_ne!(code, Some(124), "an opener hung after the enforcement thread panicked");
+    let status = j.child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "janusd should abort, got {status:?}");
+    j.wait_log("aborting so the kernel releases every guarded opener");
+    assert_eq!(cat(&dir.path().join("secret")), "ok", "nothing is guarded once janusd is gone");
+}
+
+/// Out of file descriptors: janusd raised its soft limit at start; when it
+/// still runs out, each event it cannot take an fd for is denied by the
+/// kernel, counted, and janusd backs off (up to 100 ms) instead of spinning, and answers
+/// again as soon as fds are available.
+#[test]
+#[ignore = "needs root"]
+fn fd_exhaustion_is_counted_and_survived() {
+    for backend in ["io-uring", "plain"] {
+        fd_exhaustion(backend);
+    }
+}
+
+fn fd_exhaustion(backend: &str) {
+    let (dir, file) = audited_dir();
+    let d = dir.path();
+    let addr = free_addr();
+    let j = Janusd::start_with(&file, &["--metrics-addr", &addr, "--backend", backend], &[]);
+    let pid = j.child.id().to_string();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let nofile: Vec<&str> =
+        limits.lines().find(|l| l.starts_with("Max open files")).unwrap().split_whitespace().collect();
+    assert_eq!(nofile[3], nofile[4], "soft RLIMIT_NOFILE not raised to the hard limit: {limits}");
+    assert_eq!(hammer(d, 2), 0);
+    // Leave janusd no free fd at all: the limit is on fd numbers, so it is
+    // set to the lowest free one.
+    let fds: Vec<u32> = janus_procfs::ProcFs::default().fds(j.child.id()).unwrap().collect::<Result<_, _>>().unwrap();
+    let open = (0..).find(|n| !fds.contains(n)).unwrap() as usize;
+    // Only the soft limit moves (raising a hard limit needs CAP_SYS_RESOURCE).
+    let hard = nofile[4].to_string();
+    let set = |n: &str| {
+        let ok = Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={n}:{hard}")]).status().unwrap();
+        assert!(ok.success(), "prlimit failed");
+    };
+    set(&open.to_string());
+    let script = format!("for i in $(seq 20); do cat {}/files/f2 >/dev/null 2>&1 && exit 5; done; exit 0", d.display());
+    let code = Command::new("timeout").args(["60", "sh", "-c", &script]).status().unwrap().code();
+    assert_eq!(
+        code,
+        Some(0),
+        "with no fd for the event an open must be denied, never hang or pass (5: passed, 124: hung)"
+    );
+    set(&hard);
+    // Backing off at most 100 ms, then answering again.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hammer(d, 2), 0, "{backend}: janusd did not recover");
+    let body = metrics(&addr);
+    assert!(
+        counter(&body, "janus_read_errors_total{errno=\"EMFILE\"}") >= 1.0,
+        "{backend}: EMFILE not counted:\n{body}"
+    );
+}
+
+/// A stuck enforcement thread (fault injection: it stops answering) makes
+/// `/healthz` fail within its 10 s limit, so a liveness probe restarts
+/// janusd; killing it releases the opener it held.
+#[test]
+#[ignore = "needs root"]
+fn a_stuck_enforcement_thread_fails_healthz() {
+    let (dir, file) = audited_dir();
+    let addr = free_addr();
+    let j = Janusd::start_with(&file, &["--metrics-addr", &addr], &[("JANUS_FAULT_INJECT", "stall-after-events:1")]);
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    };
+    assert!(get("/healthz").starts_with("HTTP/1.0 200"), "healthy at start");
+    // This opener is never answered while janusd lives.
+    let mut opener = Command::new("cat").arg(dir.path().join("files/f0")).stdout(Stdio::null()).spawn().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let b = get("/healthz");
+        if b.starts_with("HTTP/1.0 503") {
+            break b;
+        }
+        assert!(std::time::Instant::now() < end, "/healthz still healthy with the enforcement thread stuck: {b}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(body.contains("enforcement thread has not run"), "{body}");
+    drop(j); // killed: the kernel lets the opener through
+    let status = opener.wait().unwrap();
+    assert!(status.success(), "the opener should complete once janusd is gone: {status:?}");
 }

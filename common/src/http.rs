@@ -24,17 +24,41 @@ pub fn init_logging() {
         .init();
 }
 
-/// Readiness flag for `/readyz`.
-#[derive(Clone, Debug, Default)]
-pub struct Ready(Arc<AtomicBool>);
+/// A liveness check for `/healthz`: `Err` says what is stuck.
+pub type LivenessCheck = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Readiness flag for `/readyz`, and the liveness check for `/healthz`
+/// (always alive until one is set).
+#[derive(Clone, Default)]
+pub struct Ready {
+    ready: Arc<AtomicBool>,
+    live: Arc<std::sync::OnceLock<LivenessCheck>>,
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready").field("ready", &self.get()).finish_non_exhaustive()
+    }
+}
 
 impl Ready {
     /// Marks the process ready.
     pub fn set(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.ready.store(true, Ordering::SeqCst);
     }
+
     fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Makes `/healthz` answer 503 with the reason while `check` fails
+    /// (e.g. the engine's heartbeat is stale). Set once.
+    pub fn set_liveness(&self, check: LivenessCheck) {
+        let _ = self.live.set(check);
+    }
+
+    fn alive(&self) -> Result<(), String> {
+        self.live.get().map_or(Ok(()), |c| c())
     }
 }
 
@@ -51,9 +75,21 @@ pub async fn serve_http(
     metrics: PrometheusHandle,
     ready: Ready,
 ) -> anyhow::Result<()> {
+    let live = ready.clone();
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(metrics.render())))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let r = live.alive();
+                async move {
+                    match r {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not alive: {why}\n")),
+                    }
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {

@@ -16,16 +16,17 @@
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::audit::{Outcome, Pending};
 use crate::engine::{Backend, EngineError, Queue, Runtime};
 use crate::event::{self, Event, RESPONSE_LEN};
+use crate::heartbeat::{Beater, Heartbeat};
 use crate::marks::{classify, merge_deny_wins};
 use crate::policy::{Decision, Scratch, Verdict};
-use crate::sys::uring::{Completion, OpKind, Ring};
+use crate::sys::uring::{Completion, OpKind, Refused, Ring};
 use crate::sys::{self, fanotify};
 use crate::{Kind, metrics as m};
 use janus_api::Mode;
@@ -38,6 +39,13 @@ const TAG_WAKE: u64 = u64::MAX;
 const TAG_CANCEL: u64 = u64::MAX - 1;
 /// Write tags start here; read tags are guard serials (small).
 const WRITE_TAG_BASE: u64 = 1 << 62;
+/// A read the ring refuses this many times in a row retires its group.
+const MAX_REARM_FAILURES: u32 = 5;
+/// Longest pause before reading a group again after a failed read.
+const MAX_READ_BACKOFF: Duration = Duration::from_millis(100);
+/// The loop wakes at least this often even when idle (it is how a stuck
+/// thread would be told from an idle one).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Identity of a file in the decision map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +85,7 @@ pub(crate) struct Enforcer {
     tx: Sender<Command>,
     wake: Arc<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    closer: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Lets the watcher thread hand new decisions to the enforcement thread.
@@ -94,45 +103,67 @@ impl EntrySender {
 }
 
 impl Enforcer {
-    pub fn start(backend: Option<Backend>, queue: Queue) -> Result<(Enforcer, Backend), EngineError> {
+    pub fn start(
+        backend: Option<Backend>,
+        queue: Queue,
+        heartbeat: Heartbeat,
+    ) -> Result<(Enforcer, Backend), EngineError> {
         let wake = Arc::new(sys::eventfd().map_err(|e| EngineError::io("eventfd", e))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let wake2 = wake.clone();
         // The ring is created on the enforcement thread (it is not Send);
         // the thread reports which backend it ended up with.
         let (chosen_tx, chosen_rx) = crossbeam_channel::bounded(1);
+        let (closer_tx, closer_rx) = crossbeam_channel::unbounded();
+        let closer_thread = std::thread::Builder::new()
+            .name("janus-close".into())
+            .spawn(move || abort_on_panic("janus-close", move || closer(closer_rx)))
+            .map_err(|e| EngineError::io("spawn group closer thread", e))?;
+        let closer = closer_tx;
         let thread = std::thread::Builder::new()
             .name("janus-enforce".into())
             .spawn(move || {
-                let ring = match backend {
-                    Some(Backend::Plain) => None,
-                    Some(Backend::IoUring) => match Ring::new(1024) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            let _ = chosen_tx.send(Err(EngineError::io("io_uring_setup", e)));
-                            return;
-                        }
-                    },
-                    None => match Ring::new(1024) {
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "io_uring unavailable; using the plain read/writev loop");
-                            None
-                        }
-                    },
-                };
-                let _ = chosen_tx.send(Ok(if ring.is_some() { Backend::IoUring } else { Backend::Plain }));
-                let decider = Decider::new(queue);
-                let mut lp =
-                    Loop { rx, wake: wake2, slots: HashMap::new(), decider, pool: Vec::new(), closers: Vec::new() };
-                match ring {
-                    Some(ring) => lp.run_ring(ring),
-                    None => lp.run_plain(),
-                }
+                abort_on_panic("janus-enforce", move || {
+                    let fail_every = crate::fault::faults().ring_push_fail_every;
+                    let ring = match backend {
+                        Some(Backend::Plain) => None,
+                        Some(Backend::IoUring) => match Ring::new(1024, fail_every) {
+                            Ok(r) => Some(r),
+                            Err(e) => {
+                                let _ = chosen_tx.send(Err(EngineError::io("io_uring_setup", e)));
+                                return;
+                            }
+                        },
+                        None => match Ring::new(1024, fail_every) {
+                            Ok(r) => Some(r),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "io_uring unavailable; using the plain read/writev loop");
+                                None
+                            }
+                        },
+                    };
+                    let _ = chosen_tx.send(Ok(if ring.is_some() { Backend::IoUring } else { Backend::Plain }));
+                    let decider = Decider::new(queue);
+                    let mut lp = Loop {
+                        rx,
+                        wake: wake2,
+                        slots: HashMap::new(),
+                        decider,
+                        pool: Vec::new(),
+                        closer,
+                        heartbeat,
+                        rearm: Vec::new(),
+                        submit_errors: metrics::counter!(m::SUBMIT_ERRORS),
+                    };
+                    match ring {
+                        Some(ring) => lp.run_ring(ring),
+                        None => lp.run_plain(),
+                    }
+                })
             })
             .map_err(|e| EngineError::io("spawn enforcement thread", e))?;
         let chosen = chosen_rx.recv().map_err(|_| EngineError::Stopped)??;
-        Ok((Enforcer { tx, wake, thread: Some(thread) }, chosen))
+        Ok((Enforcer { tx, wake, thread: Some(thread), closer: Some(closer_thread) }, chosen))
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
@@ -168,6 +199,10 @@ impl Enforcer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        // The loop (the closer's only sender) is gone: the closer finishes.
+        if let Some(t) = self.closer.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -176,6 +211,92 @@ struct Slot {
     map: HashMap<FileKey, Entry>,
     read_op: Option<u64>,
     retiring: Option<Sender<()>>,
+    /// Pause before the next read after failed ones (EMFILE, ENFILE, ...);
+    /// zero while reads succeed.
+    backoff: Duration,
+    /// Plain loop: not polled before this time (after a failed read).
+    resume_at: Option<Instant>,
+}
+
+impl Slot {
+    fn new(rt: Arc<Runtime>) -> Slot {
+        Slot { rt, map: HashMap::new(), read_op: None, retiring: None, backoff: Duration::ZERO, resume_at: None }
+    }
+
+    /// A read failed with `errno`: counts it and returns how long to wait
+    /// before reading again (doubling, up to [`MAX_READ_BACKOFF`]). The
+    /// kernel has already denied the event it could not hand over (for
+    /// EMFILE/ENFILE: no fd for it), so nothing waits on the pause but
+    /// later openers.
+    fn read_failed(&mut self, errno: i32) -> Duration {
+        let name = match errno {
+            libc::EMFILE => "EMFILE",
+            libc::ENFILE => "ENFILE",
+            libc::ENOMEM => "ENOMEM",
+            libc::EFAULT => "EFAULT",
+            _ => "other",
+        };
+        metrics::counter!(m::READ_ERRORS, "errno" => name).increment(1);
+        let first = self.backoff.is_zero();
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(1), MAX_READ_BACKOFF);
+        if first || self.backoff == MAX_READ_BACKOFF {
+            tracing::error!(
+                guard = %self.rt.info.guard,
+                error = %std::io::Error::from_raw_os_error(errno),
+                retry_in = ?self.backoff,
+                "read from fanotify group failed; backing off"
+            );
+        }
+        self.backoff
+    }
+}
+
+/// A read to arm again later: after a failed read (backoff) or when the
+/// ring refused it.
+struct Rearm {
+    serial: u64,
+    buf: Vec<u8>,
+    due: Instant,
+    failures: u32,
+}
+
+/// Work for the closer thread.
+enum CloseJob {
+    /// Close this instance's groups (drop the last reference).
+    Close(Box<Runtime>),
+    /// Reply once everything sent before is closed.
+    Barrier(Sender<()>),
+}
+
+/// The one long-lived thread that closes groups. Closing a fanotify group
+/// waits for every opener blocked on *any* group sharing that object's
+/// marks, and those openers may be waiting for the enforcement thread to
+/// answer another group: closing on the enforcement thread could deadlock,
+/// so it never does.
+fn closer(jobs: Receiver<CloseJob>) {
+    for job in jobs {
+        match job {
+            CloseJob::Close(rt) => drop(rt),
+            CloseJob::Barrier(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Runs `f`; a panic aborts the process. An unwinding enforcement or
+/// watcher thread would leave its groups open with nobody reading them,
+/// and every opener of a guarded file would hang; when the process dies
+/// the kernel closes the groups and lets every pending event through.
+pub(crate) fn abort_on_panic<T>(thread: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            // The panic hook has printed the message and location.
+            eprintln!("janus: {thread} thread panicked; aborting so the kernel releases every guarded opener");
+            std::process::abort();
+        }
+    }
 }
 
 /// Per-batch buffers, recycled.
@@ -189,6 +310,10 @@ struct Batch {
 /// Decision making shared by both backends.
 struct Decider {
     pid: u32,
+    /// Events of other processes decided (for fault injection).
+    decided: u64,
+    panic_after: Option<u64>,
+    stall_after: Option<u64>,
     procs: HashMap<i32, (crate::audit::ProcessInfo, Instant)>,
     queue: Queue,
     path: Vec<u8>,
@@ -203,6 +328,9 @@ impl Decider {
     fn new(queue: Queue) -> Decider {
         Decider {
             pid: sys::getpid(),
+            decided: 0,
+            panic_after: crate::fault::faults().panic_after_events,
+            stall_after: crate::fault::faults().stall_after_events,
             procs: HashMap::new(),
             queue,
             path: vec![0; libc::PATH_MAX as usize + 1],
@@ -245,6 +373,16 @@ impl Decider {
         if ev.pid as u32 == self.pid {
             // Our own walks and reads: never wait on ourselves.
             return true;
+        }
+        self.decided += 1;
+        if self.panic_after.is_some_and(|n| self.decided >= n) {
+            panic!("injected panic after {} events (JANUS_FAULT_INJECT)", self.decided);
+        }
+        if self.stall_after.is_some_and(|n| self.decided >= n) {
+            tracing::error!("injected stall (JANUS_FAULT_INJECT): the enforcement thread stops");
+            loop {
+                std::thread::park();
+            }
         }
         let id = sys::file_id(fd).ok();
         let key = id.map(|i| FileKey { dev: i.dev, ino: i.ino });
@@ -397,7 +535,12 @@ struct Loop {
     slots: HashMap<u64, Slot>,
     decider: Decider,
     pool: Vec<Batch>,
-    closers: Vec<std::thread::JoinHandle<()>>,
+    /// Where groups go to be closed (see [`closer`]).
+    closer: Sender<CloseJob>,
+    heartbeat: Heartbeat,
+    /// Reads waiting to be armed again (ring loop).
+    rearm: Vec<Rearm>,
+    submit_errors: metrics::Counter,
 }
 
 impl Loop {
@@ -407,14 +550,15 @@ impl Loop {
     /// that object's marks, and those openers may be waiting for this very
     /// thread to answer another group. Closing here would deadlock.
     fn release(&mut self, rt: Arc<Runtime>) {
-        self.closers.retain(|c| !c.is_finished());
-        if let Some(last) = Arc::into_inner(rt) {
-            match std::thread::Builder::new().name("janus-close".into()).spawn(move || drop(last)) {
-                Ok(h) => self.closers.push(h),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot spawn group closer; leaking the group")
-                }
-            }
+        if let Some(last) = Arc::into_inner(rt)
+            && let Err(crossbeam_channel::SendError(CloseJob::Close(last))) =
+                self.closer.send(CloseJob::Close(Box::new(last)))
+        {
+            // The closer thread is gone (it cannot be, short of a panic,
+            // which aborts): never close here; keep the group open instead.
+            // Its marks are flushed and its queue answered, so nothing waits.
+            tracing::error!(guard = %last.info.guard, "group closer thread gone; leaking the group");
+            std::mem::forget(last);
         }
     }
 
@@ -428,8 +572,9 @@ impl Loop {
         for serial in serials {
             self.finish_retire(serial);
         }
-        for c in std::mem::take(&mut self.closers) {
-            let _ = c.join();
+        let (done, wait) = crossbeam_channel::bounded(1);
+        if self.closer.send(CloseJob::Barrier(done)).is_ok() {
+            let _ = wait.recv();
         }
     }
 
@@ -500,14 +645,10 @@ impl Loop {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Add(serial, rt, ack) => {
-                    let mut slot = Slot { rt, map: HashMap::new(), read_op: None, retiring: None };
+                    self.slots.insert(serial, Slot::new(rt));
                     if let Some(ring) = ring.as_deref_mut() {
-                        match ring.read(serial, slot.rt.perm.as_raw_fd(), vec![0u8; READ_BUF]) {
-                            Ok(op) => slot.read_op = Some(op),
-                            Err(e) => tracing::error!(error = %e, "cannot arm read on new group"),
-                        }
+                        self.arm_read(ring, serial, vec![0u8; READ_BUF], 0);
                     }
-                    self.slots.insert(serial, slot);
                     let _ = ack.send(());
                 }
                 Command::Entries(batch) => self.merge_entries(batch),
@@ -534,17 +675,115 @@ impl Loop {
         true
     }
 
+    /// Arms the read of group `serial` (or of the wake-up eventfd). A read
+    /// the ring refuses is retried with a growing pause; a group whose read
+    /// is refused [`MAX_REARM_FAILURES`] times in a row is retired (marks
+    /// flushed, queue answered, group closed) rather than left unread,
+    /// which would hang its openers.
+    fn arm_read(&mut self, ring: &mut Ring, serial: u64, buf: Vec<u8>, failures: u32) {
+        let fd = if serial == TAG_WAKE {
+            self.wake.as_raw_fd()
+        } else {
+            match self.slots.get(&serial) {
+                Some(slot) if slot.retiring.is_none() => slot.rt.perm.as_raw_fd(),
+                Some(_) => return self.finish_retire(serial),
+                None => return,
+            }
+        };
+        match ring.read(serial, fd, buf) {
+            Ok(op) => {
+                if let Some(slot) = self.slots.get_mut(&serial) {
+                    slot.read_op = Some(op);
+                }
+            }
+            Err(Refused { error, buf, .. }) => {
+                self.submit_errors.increment(1);
+                let failures = failures + 1;
+                if serial != TAG_WAKE && failures >= MAX_REARM_FAILURES {
+                    self.fail_group(serial, &format!("its read could not be submitted {failures} times ({error})"));
+                    return;
+                }
+                tracing::warn!(serial, failures, %error, "cannot arm a read; retrying");
+                let pause = Duration::from_millis(10 * u64::from(failures)).min(MAX_READ_BACKOFF);
+                self.rearm.push(Rearm { serial, buf, due: Instant::now() + pause, failures });
+            }
+        }
+    }
+
+    /// Gives up on a group the loop cannot serve: its marks are flushed, what
+    /// is queued is answered, and the group is closed. The guard instance is
+    /// no longer enforced; that is logged and counted
+    /// (`janus_groups_failed_total`).
+    fn fail_group(&mut self, serial: u64, why: &str) {
+        if let Some(slot) = self.slots.get(&serial) {
+            tracing::error!(
+                guard = %slot.rt.info.guard,
+                "guard instance retired: {why}; its marks are flushed and its queue answered, so nothing waits on it, \
+                 but it is NOT enforced until it is applied again"
+            );
+            metrics::counter!(m::GROUPS_FAILED).increment(1);
+            flush_marks(&slot.rt);
+            self.finish_retire(serial);
+        }
+    }
+
+    /// Arms the reads whose pause is over; returns how long until the next.
+    fn rearm_due(&mut self, ring: &mut Ring) -> Option<Duration> {
+        let now = Instant::now();
+        let (due, later): (Vec<Rearm>, Vec<Rearm>) =
+            std::mem::take(&mut self.rearm).into_iter().partition(|r| r.due <= now);
+        self.rearm = later;
+        for r in due {
+            self.arm_read(ring, r.serial, r.buf, r.failures);
+        }
+        self.rearm.iter().map(|r| r.due.saturating_duration_since(now)).min()
+    }
+
+    /// Sends a batch's responses through the ring, or, if the ring refuses,
+    /// synchronously: responses are never dropped.
+    fn send_responses(
+        &mut self,
+        ring: &mut Ring,
+        writes: &mut HashMap<u64, WriteCtx>,
+        next_write: &mut u64,
+        ctx: WriteCtx,
+        responses: Vec<u8>,
+        iov: Vec<libc::iovec>,
+    ) {
+        let tag = *next_write;
+        *next_write += 1;
+        let fd = ctx.rt.perm.as_raw_fd();
+        writes.insert(tag, ctx);
+        if let Err(Refused { error, buf, iov }) = ring.writev_chunks(tag, fd, responses, RESPONSE_LEN, iov) {
+            self.submit_errors.increment(1);
+            tracing::warn!(%error, "cannot submit responses through the ring; writing them directly");
+            let ctx = writes.remove(&tag).expect("just inserted");
+            let mut batch = Batch { responses: buf, fds: ctx.fds, iov };
+            write_all_sync(&ctx.rt, &mut batch, &self.decider.stale);
+            self.release(ctx.rt);
+            self.give_batch(batch);
+        }
+    }
+
     fn run_ring(&mut self, mut ring: Ring) {
         let mut next_write = WRITE_TAG_BASE;
         let mut writes: HashMap<u64, WriteCtx> = HashMap::new();
         let mut cqes: Vec<Completion> = Vec::new();
-        if let Err(e) = ring.read(TAG_WAKE, self.wake.as_raw_fd(), vec![0u8; 8]) {
-            tracing::error!(error = %e, "cannot arm wake-up read; enforcement stopped");
-            return;
-        }
+        self.arm_read(&mut ring, TAG_WAKE, vec![0u8; 8], 0);
+        let mut enter_errors = 0u64;
         loop {
-            if let Err(e) = ring.submit_and_wait(1) {
-                tracing::error!(error = %e, "io_uring_enter failed");
+            self.heartbeat.beat(Beater::Enforcement);
+            let wait = self.rearm_due(&mut ring).map_or(IDLE_TICK, |d| d.min(IDLE_TICK));
+            if let Err(e) = ring.submit_and_wait_timeout(1, wait) {
+                enter_errors += 1;
+                self.submit_errors.increment(1);
+                if enter_errors.is_power_of_two() {
+                    tracing::error!(error = %e, times = enter_errors, "io_uring_enter failed");
+                }
+                // Never spin on a failing ring.
+                std::thread::sleep(Duration::from_millis(1));
+            } else {
+                enter_errors = 0;
             }
             ring.completions(&mut cqes);
             for c in cqes.drain(..) {
@@ -558,7 +797,7 @@ impl Loop {
                             self.shutdown();
                             return;
                         }
-                        let _ = ring.read(TAG_WAKE, self.wake.as_raw_fd(), c.buf);
+                        self.arm_read(&mut ring, TAG_WAKE, c.buf, 0);
                     }
                     OpKind::Read => {
                         let serial = c.tag;
@@ -567,34 +806,32 @@ impl Loop {
                             continue;
                         };
                         slot.read_op = None;
+                        let mut pause = Duration::ZERO;
                         if c.result > 0 {
+                            slot.backoff = Duration::ZERO;
                             self.decider.batch(slot, &c.buf[..c.result as usize], &mut batch);
                         } else if c.result < 0
                             && c.result != -libc::EAGAIN
                             && c.result != -libc::ECANCELED
                             && c.result != -libc::EINTR
                         {
-                            tracing::error!(guard = %slot.rt.info.guard, error = %std::io::Error::from_raw_os_error(-c.result), "read from fanotify group failed");
+                            pause = slot.read_failed(-c.result);
                         }
                         let retiring = slot.retiring.is_some();
+                        let rt = slot.rt.clone();
                         if !retiring {
-                            match ring.read(serial, slot.rt.perm.as_raw_fd(), c.buf) {
-                                Ok(op) => slot.read_op = Some(op),
-                                Err(e) => tracing::error!(error = %e, "cannot re-arm read"),
+                            if pause.is_zero() {
+                                self.arm_read(&mut ring, serial, c.buf, 0);
+                            } else {
+                                self.rearm.push(Rearm { serial, buf: c.buf, due: Instant::now() + pause, failures: 0 });
                             }
                         }
                         if !batch.responses.is_empty() {
-                            let rt = slot.rt.clone();
-                            let tag = next_write;
-                            next_write += 1;
                             let responses = std::mem::take(&mut batch.responses);
                             let iov = std::mem::take(&mut batch.iov);
                             let fds = std::mem::take(&mut batch.fds);
-                            let fd = rt.perm.as_raw_fd();
-                            writes.insert(tag, WriteCtx { rt, fds });
-                            if let Err(e) = ring.writev_chunks(tag, fd, responses, RESPONSE_LEN, iov) {
-                                tracing::error!(error = %e, "cannot submit responses");
-                            }
+                            let ctx = WriteCtx { rt, fds };
+                            self.send_responses(&mut ring, &mut writes, &mut next_write, ctx, responses, iov);
                         }
                         self.give_batch(batch);
                         if retiring {
@@ -608,7 +845,9 @@ impl Loop {
                         let total = c.buf.len() as i32;
                         if c.result == total {
                             for fd in ctx.fds {
-                                let _ = ring.close(TAG_CANCEL, fd);
+                                if !ring.close(TAG_CANCEL, fd) {
+                                    self.submit_errors.increment(1);
+                                }
                             }
                             self.release(ctx.rt);
                             self.give_batch(Batch { responses: c.buf, fds: Vec::new(), iov: c.iov });
@@ -622,18 +861,14 @@ impl Loop {
                         rest.drain(..((done + 1) * RESPONSE_LEN).min(rest.len()));
                         if rest.is_empty() {
                             for fd in ctx.fds {
-                                let _ = ring.close(TAG_CANCEL, fd);
+                                if !ring.close(TAG_CANCEL, fd) {
+                                    self.submit_errors.increment(1);
+                                }
                             }
                             self.release(ctx.rt);
                             continue;
                         }
-                        let tag = next_write;
-                        next_write += 1;
-                        let fd = ctx.rt.perm.as_raw_fd();
-                        writes.insert(tag, ctx);
-                        if let Err(e) = ring.writev_chunks(tag, fd, rest, RESPONSE_LEN, c.iov) {
-                            tracing::error!(error = %e, "cannot resubmit responses");
-                        }
+                        self.send_responses(&mut ring, &mut writes, &mut next_write, ctx, rest, c.iov);
                     }
                     OpKind::Close | OpKind::Cancel => {}
                 }
@@ -650,12 +885,23 @@ impl Loop {
             pollfds.clear();
             serials.clear();
             pollfds.push(libc::pollfd { fd: self.wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-            for (serial, slot) in &self.slots {
+            self.heartbeat.beat(Beater::Enforcement);
+            let now = Instant::now();
+            let mut timeout = IDLE_TICK;
+            for (serial, slot) in &mut self.slots {
+                if let Some(at) = slot.resume_at {
+                    if at > now {
+                        timeout = timeout.min(at - now);
+                        continue; // backing off after a failed read
+                    }
+                    slot.resume_at = None;
+                }
                 pollfds.push(libc::pollfd { fd: slot.rt.perm.as_raw_fd(), events: libc::POLLIN, revents: 0 });
                 serials.push(*serial);
             }
-            if let Err(e) = sys::poll_in(&mut pollfds, -1) {
+            if let Err(e) = sys::poll_in(&mut pollfds, timeout.as_millis().max(1) as i32) {
                 tracing::error!(error = %e, "poll failed");
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
             if pollfds[0].revents != 0 {
@@ -673,11 +919,18 @@ impl Loop {
                 let Some(slot) = self.slots.get_mut(serial) else {
                     continue;
                 };
-                if let Ok(n) = sys::read(slot.rt.perm.as_raw_fd(), &mut buf)
-                    && n > 0
-                {
-                    self.decider.batch(slot, &buf[..n], &mut batch);
-                    write_all_sync(&slot.rt, &mut batch, &self.decider.stale);
+                match sys::read(slot.rt.perm.as_raw_fd(), &mut buf) {
+                    Ok(n) if n > 0 => {
+                        slot.backoff = Duration::ZERO;
+                        self.decider.batch(slot, &buf[..n], &mut batch);
+                        write_all_sync(&slot.rt, &mut batch, &self.decider.stale);
+                    }
+                    Ok(_) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => {}
+                    Err(e) => {
+                        let pause = slot.read_failed(e.raw_os_error().unwrap_or(0));
+                        slot.resume_at = Some(Instant::now() + pause);
+                    }
                 }
                 self.give_batch(batch);
             }

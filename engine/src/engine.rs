@@ -274,17 +274,26 @@ pub struct Engine {
     audit_thread: Option<std::thread::JoinHandle<()>>,
     max_walk: usize,
     active: metrics::Gauge,
+    heartbeat: crate::heartbeat::Heartbeat,
 }
 
 impl Engine {
     /// Starts the enforcement, watcher and audit threads.
     pub fn start(config: EngineConfig) -> Result<Engine, EngineError> {
+        // Every event read carries an fd: a low soft limit turns bursts of
+        // opens into EMFILE (which the kernel answers with a denial).
+        match crate::sys::raise_nofile_limit() {
+            Ok((before, now)) if now > before => tracing::info!(before, now, "raised RLIMIT_NOFILE"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot raise RLIMIT_NOFILE"),
+        }
         let subscribers: Subscribers = Default::default();
         let (queue, audit_thread) = crate::audit::start(config.audit_queue, config.audit_out, subscribers.clone())
             .map_err(|e| EngineError::io("spawn audit thread", e))?;
-        let (enforcer, backend) = Enforcer::start(config.backend, queue.clone())?;
+        let heartbeat = crate::heartbeat::Heartbeat::new();
+        let (enforcer, backend) = Enforcer::start(config.backend, queue.clone(), heartbeat.clone())?;
         metrics::gauge!(m::BACKEND, "backend" => backend.as_str()).set(1.0);
-        let watcher = Watcher::start(enforcer.entry_sender())?;
+        let watcher = Watcher::start(enforcer.entry_sender(), heartbeat.clone())?;
         Ok(Engine {
             enforcer,
             watcher,
@@ -294,8 +303,14 @@ impl Engine {
             subscribers,
             audit_thread: Some(audit_thread),
             max_walk: config.max_walk,
+            heartbeat,
             active: metrics::gauge!(m::GUARDS_ACTIVE),
         })
+    }
+
+    /// The engine threads' liveness (for a health endpoint).
+    pub fn heartbeat(&self) -> crate::heartbeat::Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// The event loop in use.

@@ -11,6 +11,8 @@ pub mod audit;
 mod enforce;
 mod engine;
 pub mod event;
+mod fault;
+pub mod heartbeat;
 mod marks;
 pub mod metrics;
 pub mod policy;

@@ -28,6 +28,17 @@ pub const BACKEND: &str = "janus_backend_info";
 /// Errors while marking or handling new directories, by `op` (counter).
 pub const ERRORS: &str = "janus_errors_total";
 
+/// Failed reads of a permission group, by `errno` (`EMFILE`, `ENFILE`,
+/// ...; counter). The kernel denies the event it could not hand over; the
+/// loop backs off and keeps answering.
+pub const READ_ERRORS: &str = "janus_read_errors_total";
+/// io_uring submissions that failed (counter); the work is retried or done
+/// synchronously.
+pub const SUBMIT_ERRORS: &str = "janus_submit_errors_total";
+/// Guard instances retired because the loop could not serve them
+/// (counter). Each is also logged; such an instance is not enforced.
+pub const GROUPS_FAILED: &str = "janus_groups_failed_total";
+
 /// Buckets for [`BATCH_SIZE`].
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 /// Buckets for [`DECISION_SECONDS`].
@@ -47,4 +58,7 @@ pub fn describe() {
     describe_counter!(CACHE_INSERTS, "Allowed inodes cached in the kernel with ignore marks.");
     describe_gauge!(BACKEND, "Event loop backend in use (label backend).");
     describe_counter!(ERRORS, "Errors while marking, by operation.");
+    describe_counter!(READ_ERRORS, "Failed reads of a permission group, by errno.");
+    describe_counter!(SUBMIT_ERRORS, "io_uring submissions that failed (retried or done synchronously).");
+    describe_counter!(GROUPS_FAILED, "Guard instances retired because the event loop could not serve them.");
 }

@@ -6,6 +6,7 @@
 //! It runs apart from the enforcement thread because marking walks the
 //! filesystem, which can block; the enforcement thread never waits on it.
 
+use crate::heartbeat::{Beater, Heartbeat};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -43,13 +44,13 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub fn start(entries: EntrySender) -> Result<Watcher, EngineError> {
+    pub fn start(entries: EntrySender, heartbeat: Heartbeat) -> Result<Watcher, EngineError> {
         let wake = Arc::new(sys::eventfd().map_err(|e| EngineError::io("eventfd", e))?);
         let (tx, rx) = crossbeam_channel::unbounded();
         let w = wake.clone();
         let thread = std::thread::Builder::new()
             .name("janus-watch".into())
-            .spawn(move || run(rx, w, entries))
+            .spawn(move || crate::enforce::abort_on_panic("janus-watch", move || run(rx, w, entries, heartbeat)))
             .map_err(|e| EngineError::io("spawn watcher thread", e))?;
         Ok(Watcher { tx, wake, thread: Some(thread) })
     }
@@ -84,7 +85,7 @@ impl Watcher {
     }
 }
 
-fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
+fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbeat: Heartbeat) {
     let mut sets: HashMap<u64, WatchSet> = HashMap::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut pollfds = Vec::new();
@@ -98,7 +99,9 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender) {
             pollfds.push(libc::pollfd { fd: set.notif.as_raw_fd(), events: libc::POLLIN, revents: 0 });
             serials.push(*serial);
         }
-        if sys::poll_in(&mut pollfds, -1).is_err() {
+        heartbeat.beat(Beater::Watcher);
+        if sys::poll_in(&mut pollfds, 1000).is_err() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
             continue;
         }
         if pollfds[0].revents != 0 {

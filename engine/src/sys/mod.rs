@@ -187,3 +187,24 @@ pub fn write(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     let rc = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) }
 }
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit: every permission
+/// event the agent reads carries an fd, so a low soft limit (often 1024)
+/// turns a burst of opens into `EMFILE` (and the kernel then denies those
+/// events). Returns (soft limit before, soft limit now).
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes only into `r`, which lives on our stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = r.rlim_cur;
+    if r.rlim_cur < r.rlim_max {
+        r.rlim_cur = r.rlim_max;
+        // SAFETY: setrlimit only reads `r`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, r.rlim_cur))
+}
