@@ -109,13 +109,36 @@ impl ContainerProcess {
 /// Fails only when `proc_root` cannot be listed, or when nothing matched and
 /// some process could not be read for another reason (so "not running" is not
 /// reported when it could not be checked).
+///
+/// A process that is in the cgroup but still has the node's root (or the
+/// agent's) as its root directory is not the container yet: runtimes move
+/// `runc init` into the cgroup *before* it pivots into the container's root
+/// filesystem. Guarding it then would mark the node's own files, so it is
+/// reported as not started (`Ok(None)`) and resolved again later.
 pub fn resolve(proc_root: &Path, c: &ContainerId) -> Result<Option<ContainerProcess>, ProcError> {
     let procs = processes(proc_root, c)?;
-    Ok(pick_init(&procs).map(|p| ContainerProcess {
-        pid: p.pid,
-        start_time: p.start_time,
-        root: proc_root.join(p.pid.to_string()).join("root"),
-    }))
+    let Some(p) = pick_init(&procs) else {
+        return Ok(None);
+    };
+    let root = proc_root.join(p.pid.to_string()).join("root");
+    if !in_own_root(proc_root, &root) {
+        tracing::debug!(pid = p.pid, container = %c, "process has not entered its root filesystem yet");
+        return Ok(None);
+    }
+    Ok(Some(ContainerProcess { pid: p.pid, start_time: p.start_time, root }))
+}
+
+/// Whether `root` (a `<pid>/root` link) is a directory other than the node's
+/// root (`<proc_root>/1/root`) and the agent's own root. A root that cannot
+/// be read (the process is gone) is not. A reference that cannot be read
+/// (fixtures without those links) is not compared against.
+fn in_own_root(proc_root: &Path, root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(own) = std::fs::metadata(root) else {
+        return false;
+    };
+    let same = |other: &Path| std::fs::metadata(other).is_ok_and(|m| m.dev() == own.dev() && m.ino() == own.ino());
+    !same(&proc_root.join("1/root")) && !same(&proc_root.join("self/root")) && !same(Path::new("/"))
 }
 
 /// Every process in container `c`'s cgroup (or below it), in /proc order.
@@ -208,7 +231,7 @@ mod tests {
 
         fn add(&self, pid: u32, ppid: u32, start: u64, cgroup: &str) {
             let d = self.dir.path().join(pid.to_string());
-            std::fs::create_dir_all(&d).unwrap();
+            std::fs::create_dir_all(d.join("root")).unwrap();
             std::fs::write(d.join("cgroup"), cgroup).unwrap();
             // A command name with spaces and a ')' to check parsing after the last ')'.
             let mut stat = format!("{pid} (my (odd) cmd) S {ppid}");
@@ -436,6 +459,19 @@ mod tests {
     }
 
     // ---- robustness ----
+
+    #[test]
+    fn a_process_still_at_the_node_root_is_not_the_container_yet() {
+        let fp = FakeProc::new();
+        let id = format!("containerd://{ID}");
+        fp.add(1000, 1, 100, &v1_all(&format!("/kubepods/pod{UID}/{ID}")));
+        assert_eq!(fp.resolve_pid(&id), Some(1000));
+        // Like `runc init` before pivot_root: its root is the node's root.
+        let root = fp.root().join("1000/root");
+        std::fs::remove_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/", &root).unwrap();
+        assert_eq!(fp.resolve_pid(&id), None);
+    }
 
     #[test]
     fn not_running_is_none() {
