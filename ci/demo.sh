@@ -11,7 +11,13 @@ fi
 echo "== building janusd (release)"
 cargo build --release -p janus-agent --bin janusd
 demo=/tmp/janus-demo
+umount -R -l "$demo" 2>/dev/null || true
 rm -rf "$demo"
+mkdir -p "$demo"
+# janusd marks the whole mount holding a guarded tree (so files created in
+# new directories are decided too): give the demo a mount of its own rather
+# than marking this machine's root filesystem.
+mount --bind "$demo" "$demo"
 mkdir -p "$demo"/secrets/public "$demo"/app "$demo"/bin "$demo"/logs
 echo "db-password" >"$demo"/secrets/db
 echo "welcome" >"$demo"/secrets/public/readme
@@ -23,7 +29,12 @@ cp /bin/true "$demo"/bin/tool
 audit=$(mktemp)
 ./target/release/janusd standalone -f deploy/examples/demo-guard.yaml >"$audit" 2>"$audit.log" &
 pid=$!
-cleanup() { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; rm -f "$audit" "$audit.log"; }
+cleanup() {
+	kill -TERM "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	rm -f "$audit" "$audit.log"
+	umount -R -l "$demo" 2>/dev/null || true
+}
 trap cleanup EXIT
 for _ in $(seq 100); do
 	grep -q "standalone ready" "$audit.log" 2>/dev/null && break
@@ -52,6 +63,8 @@ try allowed cat "$demo"/logs/app.log
 # decided like any other open, so the shell's redirection is refused.
 try denied  sh -c "echo new >$demo/app/created-later.key"
 try denied  cat "$demo"/app/created-later.key
+# A file in a directory made an instant before: decided on its first open.
+try denied  sh -c "mkdir $demo/secrets/new $demo/secrets/new/deeper && echo x >$demo/secrets/new/deeper/f"
 sleep 0.3
 echo "== audit records (JSON lines on janusd's stdout)"
 cat "$audit"
@@ -60,6 +73,7 @@ wait "$pid" && echo "== janusd stopped cleanly (exit 0); every mark released"
 trap - EXIT
 rm -f "$audit" "$audit.log"
 try allowed cat "$demo"/secrets/db
+umount -R -l "$demo"
 if [ "$fails" != 0 ]; then
 	echo "demo: $fails result(s) differ from what the guard says" >&2
 	exit 1

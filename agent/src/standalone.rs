@@ -86,6 +86,13 @@ fn apply_all(engine: &Engine, targets: Vec<GuardTarget>) -> anyhow::Result<()> {
             watched_dirs = report.watched_dirs,
             "guard enforced"
         );
+        for m in &report.mounts {
+            tracing::info!(
+                guard = %id,
+                mount_of = %m,
+                "mount marked for file opens: each file opened there is decided once, then cached in the kernel"
+            );
+        }
         for p in &report.pending {
             tracing::info!(guard = %id, rule = %p, "path does not exist yet; guarded when it appears");
         }

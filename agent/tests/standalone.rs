@@ -124,7 +124,7 @@ fn cat(path: &Path) -> &'static str {
 #[ignore = "needs root"]
 fn enforces_reloads_and_stops_cleanly() {
     janus_tests::require_root();
-    let dir = tempfile::Builder::new().prefix("janus-standalone-").tempdir().unwrap();
+    let dir = janus_tests::GuardedDir::new("janus-standalone-");
     let d = dir.path();
     janus_tests::write(d.join("secret"), "s");
     janus_tests::write(d.join("other"), "o");
@@ -198,9 +198,9 @@ fn counter(body: &str, name: &str) -> f64 {
 
 /// A temp dir with `secret` (denied) and `files/f0..f9` (allowed, every
 /// open audited, so every open is decided in user space), and its guard.
-fn audited_dir() -> (tempfile::TempDir, std::path::PathBuf) {
+fn audited_dir() -> (janus_tests::GuardedDir, std::path::PathBuf) {
     janus_tests::require_root();
-    let dir = tempfile::Builder::new().prefix("janus-standalone-").tempdir().unwrap();
+    let dir = janus_tests::GuardedDir::new("janus-standalone-");
     let d = dir.path();
     janus_tests::write(d.join("secret"), "s");
     for i in 0..10 {

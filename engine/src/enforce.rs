@@ -46,6 +46,8 @@ const MAX_READ_BACKOFF: Duration = Duration::from_millis(100);
 /// The loop wakes at least this often even when idle (it is how a stuck
 /// thread would be told from an idle one).
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// The path shown for an object whose path the kernel cannot print.
+pub(crate) const UNRESOLVED_PATH: &str = "<unresolved: path longer than PATH_MAX>";
 
 /// Identity of a file in the decision map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -289,6 +291,7 @@ fn closer(jobs: Receiver<CloseJob>) {
 /// and every opener of a guarded file would hang; when the process dies
 /// the kernel closes the groups and lets every pending event through.
 pub(crate) fn abort_on_panic<T>(thread: &str, f: impl FnOnce() -> T) -> T {
+    quiet_panics_on_engine_threads();
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(_) => {
@@ -297,6 +300,27 @@ pub(crate) fn abort_on_panic<T>(thread: &str, f: impl FnOnce() -> T) -> T {
             std::process::abort();
         }
     }
+}
+
+/// Makes the panic hook print only the message and location (no
+/// backtrace) for the engine's own threads. Printing a backtrace opens the
+/// running binary to symbolize it; when the binary sits on a mount this
+/// engine has marked (`janusd standalone` guarding host paths), that open
+/// would wait for the very thread that is panicking, and the process would
+/// hang instead of aborting, with every guarded opener behind it. Other
+/// threads keep the previous hook.
+fn quiet_panics_on_engine_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let current = std::thread::current();
+            match current.name() {
+                Some(name) if name.starts_with("janus-") => eprintln!("janus: thread {name} panicked: {info}"),
+                _ => previous(info),
+            }
+        }));
+    });
 }
 
 /// Per-batch buffers, recycled.
@@ -442,7 +466,23 @@ impl Decider {
     /// allow, else in the map).
     fn resolve(&mut self, slot: &mut Slot, fd: RawFd, id: Option<sys::FileId>, key: Option<FileKey>) -> Entry {
         let rt = &slot.rt;
-        let len = sys::fd_path(fd, &mut self.path).unwrap_or(0);
+        let is_dir = id.is_some_and(|i| i.is_dir);
+        let len = match sys::fd_path(fd, &mut self.path) {
+            Ok(len) => len,
+            Err(e) => {
+                // No path (longer than the kernel prints, or the fd is
+                // gone): the object may be in a denied tree, so it is
+                // denied, and never remembered, so the next open tries again.
+                tracing::debug!(error = %e, "cannot resolve an event's path; failing closed");
+                metrics::counter!(m::ERRORS, "op" => "resolve_path").increment(1);
+                return Entry {
+                    path: Arc::from(UNRESOLVED_PATH),
+                    birth: id.map_or(0, |i| i.birth),
+                    is_dir,
+                    decision: Decision::fail_closed(&rt.policy),
+                };
+            }
+        };
         let mut shown = &self.path[..len];
         if let Some(p) = shown.strip_suffix(b" (deleted)") {
             shown = p;
@@ -452,7 +492,6 @@ impl Decider {
             _ => shown,
         };
         let inner = if inner.is_empty() { &b"/"[..] } else { inner };
-        let is_dir = id.is_some_and(|i| i.is_dir);
         let mut scratch = Scratch::default();
         let decision = rt.policy.decide(inner, is_dir, &mut scratch);
         let entry = Entry {
@@ -465,8 +504,7 @@ impl Decider {
         let single_file = id.is_some_and(|i| i.is_file && i.nlink == 1);
         let mut remember = !needs.is_empty() || !single_file;
         if single_file && !cacheable.is_empty() {
-            let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
-            if fanotify::mark_raw_fd(rt.perm.as_fd(), flags, cacheable.fan_mask(), fd).is_ok() {
+            if crate::marks::cache_allowed(rt.perm.as_fd(), cacheable.fan_mask(), fd).is_ok() {
                 self.cache_inserts.increment(1);
             } else {
                 remember = true;

@@ -111,6 +111,10 @@ pub struct GuardReport {
     pub cached: usize,
     /// Directories watched for new entries.
     pub watched_dirs: usize,
+    /// One directory per mount marked as a whole for file opens (the mount
+    /// holding each guarded tree): every file opened there reaches the
+    /// engine once, so files created where no mark exists yet are decided.
+    pub mounts: Vec<String>,
     /// Rule paths that do not exist yet (guarded once they appear).
     pub pending: Vec<String>,
     /// Non-fatal problems (unreadable directories, filesystems without file

@@ -10,9 +10,14 @@
 //!   mount, `/proc/<pid>/root`) is still decided;
 //! - every existing file that is allowed unconditionally gets an *ignore*
 //!   mark: the kernel answers its opens without asking user space;
+//! - the mount holding every such directory is marked too (files only), so
+//!   a file created in a directory that is not marked yet (a new
+//!   subdirectory, a renamed one, a name the walk could not follow) still
+//!   reaches the engine on its first open; the engine decides it by path and
+//!   caches an allow in the kernel (an evictable ignore mark);
 //! - `mountpoint: true` rules mark the whole mount instead.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -77,11 +82,16 @@ pub(crate) struct Walker<'a> {
     seen: usize,
     max: usize,
     handle: Vec<u8>,
+    /// Mark the mount of every walked directory (initial walks only: a
+    /// directory the watcher reports is on a mount already marked).
+    mark_mounts: bool,
+    mounts: HashSet<u64>,
 }
 
 /// Marks everything a freshly applied guard instance needs.
 pub(crate) fn initial(rt: &Runtime, notif: BorrowedFd<'_>, max: usize) -> Result<Walk, EngineError> {
     let mut w = Walker::new(rt, notif, max);
+    w.mark_mounts = true;
     let policy = &rt.policy;
     let mut starts: Vec<String> = Vec::new();
     for (ri, rule) in policy.rules.iter().enumerate() {
@@ -152,6 +162,8 @@ impl<'a> Walker<'a> {
             seen: 0,
             max,
             handle: Vec::new(),
+            mark_mounts: false,
+            mounts: HashSet::new(),
         }
     }
 
@@ -165,6 +177,22 @@ impl<'a> Walker<'a> {
         self.perm_mark(libc::FAN_MARK_MOUNT, mask, &host)
             .map_err(|e| EngineError::io(format!("mark mount of {path}"), e))?;
         self.out.report.marks += 1;
+        self.rt.add_marks(1);
+        Ok(())
+    }
+
+    /// Marks the mount that holds directory `dir` for file events, once per
+    /// mount: files in directories that carry no mark yet still reach the
+    /// engine (decided by path, allowed ones then cached in the kernel).
+    fn mark_mount_of(&mut self, dir: &str, host: &CString, mnt_id: u64) -> Result<(), EngineError> {
+        if !self.mark_mounts || !self.mounts.insert(mnt_id) {
+            return Ok(());
+        }
+        let mask = self.rt.policy.kinds.fan_mask();
+        self.perm_mark(libc::FAN_MARK_MOUNT, mask, host)
+            .map_err(|e| EngineError::io(format!("mark the mount holding {dir}"), e))?;
+        self.out.report.marks += 1;
+        self.out.report.mounts.push(dir.to_string());
         self.rt.add_marks(1);
         Ok(())
     }
@@ -191,6 +219,7 @@ impl<'a> Walker<'a> {
             self.perm_mark(0, mask, &host).map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
             self.out.report.marks += 1;
             self.rt.add_marks(1);
+            self.mark_mount_of(&dir, &host, id.mnt_id)?;
             self.watch_dir(&dir, &host);
             let path: Arc<str> = Arc::from(dir.as_str());
             let decision = self.rt.policy.decide(dir.as_bytes(), true, &mut self.scratch);
@@ -320,6 +349,20 @@ impl<'a> Walker<'a> {
                 .push((key, Entry { path: rec.path, birth: rec.birth, is_dir: false, decision: rec.decision }));
         }
         Ok(())
+    }
+}
+
+/// Caches an allow for the open file `fd` in the kernel: an ignore mark that
+/// survives modification and, where the kernel has it (5.19+), is evictable,
+/// so the cache pins no inodes and is dropped harmlessly under memory
+/// pressure (the next open is then decided again). Fails with `EEXIST` when
+/// the inode already carries a non-evictable mark of the group; the caller
+/// then remembers the decision itself.
+pub(crate) fn cache_allowed(group: BorrowedFd<'_>, mask: u64, fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
+    match fanotify::mark_raw_fd(group, flags | libc::FAN_MARK_EVICTABLE, mask, fd) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fanotify::mark_raw_fd(group, flags, mask, fd),
+        r => r,
     }
 }
 

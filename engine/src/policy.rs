@@ -106,6 +106,20 @@ impl Decision {
     pub fn set_rule(&mut self, kind: Kind, rule: Option<u32>) {
         self.rules[kind as usize] = rule;
     }
+
+    /// The decision for an object whose path cannot be known (longer than
+    /// the kernel will print): per kind, the policy's first denying rule,
+    /// so that an object that might be in a denied tree is denied. Kinds
+    /// that no rule denies stay allowed.
+    pub fn fail_closed(policy: &Policy) -> Decision {
+        let mut d = Decision::default();
+        for kind in Kind::ALL {
+            let deny =
+                policy.rules.iter().position(|r| r.verdict == Verdict::Deny && !r.only_dir && r.kinds.contains(kind));
+            d.set_rule(kind, deny.map(|i| i as u32));
+        }
+        d
+    }
 }
 
 /// Reusable scratch space for matching, so that deciding does not allocate.
@@ -386,6 +400,20 @@ mod tests {
             Some(r) => p.rule(r).verdict,
             None => Verdict::Allow,
         }
+    }
+
+    #[test]
+    fn fail_closed_denies_each_kind_some_rule_denies() {
+        let mut exec = subj(&["/bin/ok"], &["/bin"]);
+        exec.events = vec![EventName::Exec];
+        let p = policy(vec![subj(&["/public"], &[]), exec]);
+        let d = Decision::fail_closed(&p);
+        let exec_rule = d.rule(Kind::Exec).expect("exec is denied somewhere");
+        assert_eq!(p.rule(exec_rule).verdict, Verdict::Deny);
+        assert_eq!(p.rule(exec_rule).text.as_ref(), "/bin");
+        // No rule denies opens, so an unresolvable open stays allowed.
+        assert_eq!(d.rule(Kind::Open), None);
+        assert_eq!(Decision::fail_closed(&policy(vec![subj(&["/a"], &[])])), Decision::default());
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The files a run opens and the guards it applies, in a temporary directory
-//! this process creates under `/tmp` and removes when dropped. Nothing
-//! outside it is ever marked.
+//! this process creates under `/tmp`, bind-mounts onto itself and removes
+//! when dropped. Nothing outside it is ever marked: the engine marks the
+//! whole mount that holds a guarded tree (so files created later are
+//! decided), and this mount is the fixture's own, like a container's root.
 //!
 //! Layout of `/tmp/janus-perf-<pid>-<n>/`:
 //! - `guarded/`: a small fake root filesystem, the guard's `root`
@@ -55,6 +57,10 @@ impl Fixture {
     /// Creates the tree with `files` bench files and as many outside files.
     pub fn create(files: usize) -> anyhow::Result<Fixture> {
         let base = unique_dir()?;
+        if let Err(e) = own_mount(&base) {
+            let _ = std::fs::remove_dir(&base);
+            return Err(e);
+        }
         let mut fx = Fixture {
             root: base.join("guarded"),
             bench: base.join("guarded/bench"),
@@ -113,8 +119,28 @@ impl Fixture {
 
 impl Drop for Fixture {
     fn drop(&mut self) {
+        unmount(&self.base);
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// Bind-mounts `dir` onto itself, so that it is a mount of its own.
+fn own_mount(dir: &Path) -> anyhow::Result<()> {
+    let st = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(dir)
+        .arg(dir)
+        .status()
+        .context("run mount (util-linux)")?;
+    anyhow::ensure!(st.success(), "mount --bind {0} {0} failed ({st}); janus-perf needs root", dir.display());
+    Ok(())
+}
+
+/// Lazily unmounts everything at and below `dir` (quietly: it may not be
+/// mounted).
+fn unmount(dir: &Path) {
+    let _ =
+        std::process::Command::new("umount").arg("-R").arg("-l").arg(dir).stderr(std::process::Stdio::null()).status();
 }
 
 /// Removes `/tmp/janus-perf-<pid>-<n>` directories whose process is gone
@@ -128,6 +154,7 @@ fn sweep_stale() {
         if let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), n.parse::<u32>())
             && !crate::procfs::pid_alive(pid)
         {
+            unmount(&e.path());
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

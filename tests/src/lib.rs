@@ -109,3 +109,65 @@ pub fn inodes_under(dir: &Path) -> Vec<u64> {
     }
     out
 }
+
+/// A directory bind-mounted onto itself, so that it is a mount of its own.
+///
+/// The engine marks the whole mount that holds a guarded tree (so files
+/// created where no mark exists yet are still decided). A test directory
+/// under `/tmp` sits on the machine's root mount; guarding it as is would
+/// send every open on the machine through the test's listener. Tests guard
+/// directories inside an `OwnMount` instead. Unmounted (lazily) on drop.
+#[must_use = "the mount is removed when this is dropped"]
+#[derive(Debug)]
+pub struct OwnMount {
+    path: std::path::PathBuf,
+}
+
+impl OwnMount {
+    /// Bind-mounts `dir` onto itself. Panics with the reason if it cannot
+    /// (not root, `mount` missing).
+    pub fn new(dir: &Path) -> OwnMount {
+        let st = Command::new("mount")
+            .arg("--bind")
+            .arg(dir)
+            .arg(dir)
+            .status()
+            .unwrap_or_else(|e| panic!("run mount --bind {}: {e} (needs util-linux mount)", dir.display()));
+        assert!(st.success(), "mount --bind {0} {0} failed: {st} (needs root)", dir.display());
+        // Keep mounts made below it (tmpfs in some tests) out of the parent.
+        let _ = Command::new("mount").arg("--make-private").arg(dir).status();
+        OwnMount { path: dir.to_path_buf() }
+    }
+
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for OwnMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-R").arg("-l").arg(&self.path).stderr(Stdio::null()).status();
+    }
+}
+
+/// A temporary directory that is a mount of its own ([`OwnMount`]), for
+/// tests that guard paths inside it. Unmounted, then removed, on drop.
+#[derive(Debug)]
+pub struct GuardedDir {
+    _mount: OwnMount,
+    dir: tempfile::TempDir,
+}
+
+impl GuardedDir {
+    /// Creates `/tmp/<prefix>XXXXXX` and bind-mounts it onto itself.
+    pub fn new(prefix: &str) -> GuardedDir {
+        let dir = tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temporary directory");
+        GuardedDir { _mount: OwnMount::new(dir.path()), dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}

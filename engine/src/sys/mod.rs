@@ -27,6 +27,8 @@ pub struct FileId {
     pub is_file: bool,
     /// Hard link count.
     pub nlink: u32,
+    /// Mount id (`STATX_MNT_ID`), 0 when the kernel does not report it.
+    pub mnt_id: u64,
 }
 
 /// `statx(fd, "", AT_EMPTY_PATH)`: the identity of an open file.
@@ -39,7 +41,7 @@ pub fn file_id(fd: RawFd) -> io::Result<FileId> {
 pub fn statx_at(dirfd: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<FileId> {
     // SAFETY: `statx` is plain-old-data; all-zero is a valid value.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_NLINK | libc::STATX_BTIME;
+    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_NLINK | libc::STATX_BTIME | libc::STATX_MNT_ID;
     // SAFETY: `name` is NUL-terminated and outlives the call; `stx` is a
     // valid, exclusively borrowed out-buffer of the right type.
     let rc = unsafe { libc::statx(dirfd, name.as_ptr(), flags, mask, &mut stx) };
@@ -59,6 +61,7 @@ pub fn statx_at(dirfd: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<Fil
         is_dir: fmt == libc::S_IFDIR,
         is_file: fmt == libc::S_IFREG,
         nlink: stx.stx_nlink,
+        mnt_id: if stx.stx_mask & libc::STATX_MNT_ID != 0 { stx.stx_mnt_id } else { 0 },
     })
 }
 
