@@ -58,6 +58,8 @@ try denied  cat "$demo"/app/server.key
 try allowed cat "$demo"/app/config
 try allowed cat "$demo"/bin/tool
 try denied  "$demo"/bin/tool
+# The dynamic loader running it is an exec too.
+[ -e /lib64/ld-linux-x86-64.so.2 ] && try denied /lib64/ld-linux-x86-64.so.2 "$demo"/bin/tool
 try allowed cat "$demo"/logs/app.log
 # A key file created while janusd runs: even the creating open(O_CREAT) is
 # decided like any other open, so the shell's redirection is refused.

@@ -417,7 +417,18 @@ impl Decider {
         };
         let rt = &slot.rt;
         let policy = &rt.policy;
-        let (outcome, log, rule) = match entry.decision.rule(kind) {
+        let mut kind = kind;
+        let mut deciding = entry.decision.rule(kind);
+        if kind == Kind::Open
+            && let Some(r) = policy.denies_exec(&entry.decision)
+            && self.process_info(ev.pid).exe.as_deref().is_some_and(is_dynamic_loader)
+        {
+            // `ld.so FILE`: the loader opens FILE to map and run it. That
+            // is an exec, decided by the exec rule.
+            kind = Kind::Exec;
+            deciding = Some(r);
+        }
+        let (outcome, log, rule) = match deciding {
             None => (Outcome::Allow, false, None),
             Some(r) => {
                 let subject = policy.subject_of(r);
@@ -542,6 +553,17 @@ impl Decider {
 
 /// How long process details of a pid are reused.
 const PROCESS_INFO_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether `exe` (a process's executable path) is a dynamic loader by its
+/// name (`ld-linux-x86-64.so.2`, `ld-linux-aarch64.so.1`, `ld-musl-*.so.1`,
+/// `ld64.so.2`, `ld.so`). A renamed copy of a loader, like any program that
+/// maps code itself, is a reader to fanotify; `deny` on `open` closes that
+/// (docs/engine.md, "What exec guards see").
+fn is_dynamic_loader(exe: &str) -> bool {
+    let name = exe.rsplit('/').next().unwrap_or(exe);
+    let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+    name == "ld.so" || name.starts_with("ld64.so") || (name.starts_with("ld-") && name.contains(".so"))
+}
 
 /// Whether `pid` is one of `owners` or descends from one.
 fn is_owned(pid: i32, owners: &[u32]) -> bool {
@@ -1008,4 +1030,26 @@ fn flush_marks(rt: &Runtime) {
         let _ = fanotify::mark(rt.perm.as_fd(), flags, 0, None, None);
     }
     rt.counters.marks.set(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_dynamic_loader;
+
+    #[test]
+    fn dynamic_loaders_by_name() {
+        for exe in [
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+            "/lib/ld-linux-aarch64.so.1",
+            "/lib/ld-musl-x86_64.so.1",
+            "/lib64/ld64.so.2",
+            "/usr/bin/ld.so",
+            "/lib/ld-linux.so.2 (deleted)",
+        ] {
+            assert!(is_dynamic_loader(exe), "{exe}");
+        }
+        for exe in ["/usr/bin/cat", "/usr/bin/ld", "/usr/bin/ldd", "/opt/ld-tool", "/usr/lib/libld-x.so"] {
+            assert!(!is_dynamic_loader(exe), "{exe}");
+        }
+    }
 }

@@ -372,6 +372,11 @@ pub(crate) fn classify(policy: &crate::policy::Policy, d: &Decision) -> (KindSet
     let mut needs = KindSet::EMPTY;
     let mut cacheable = KindSet::EMPTY;
     for kind in policy.kinds.iter() {
+        if kind == Kind::Open && policy.denies_exec(d).is_some() {
+            // Opens of an exec-denied file are checked for a loader.
+            needs.insert(kind);
+            continue;
+        }
         match d.rule(kind) {
             None => cacheable.insert(kind),
             Some(r) => {

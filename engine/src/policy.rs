@@ -71,7 +71,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Text template for audit lines, if any.
     pub log_format: Option<Arc<str>>,
-    /// Union of all rules' event kinds: the mask marks are made with.
+    /// Union of all rules' event kinds, plus `open` when any rule guards
+    /// `exec` (see [`Policy::denies_exec`]): the mask marks are made with.
     pub kinds: KindSet,
     root: Node,
 }
@@ -204,7 +205,12 @@ impl Policy {
             }
             node.terminal.push(i as u32);
         }
-        let kinds = rules.iter().fold(KindSet::EMPTY, |k, r| k.union(r.kinds));
+        let mut kinds = rules.iter().fold(KindSet::EMPTY, |k, r| k.union(r.kinds));
+        if kinds.contains(Kind::Exec) {
+            // The dynamic loader runs a program with a plain open
+            // (`ld.so FILE`): an exec guard must see opens too.
+            kinds.insert(Kind::Open);
+        }
         let mut policy = Policy { rules, subjects, mode, log_format: log_format.map(Arc::from), kinds, root };
         let interesting: Vec<bool> = (0..policy.rules.len()).map(|i| policy.rule_needs_events(i as u32)).collect();
         fill_interest(&mut policy.root, &interesting);
@@ -215,6 +221,18 @@ impl Policy {
     fn rule_needs_events(&self, rule: u32) -> bool {
         let r = &self.rules[rule as usize];
         r.verdict == Verdict::Deny || self.subjects[r.subject as usize].audit
+    }
+
+    /// The denying rule that decides `exec` for `d`, when `exec` is denied
+    /// but `open` is not: such an object may be read, but a dynamic loader
+    /// opening it (`ld.so FILE`, which maps and runs it without `execve`)
+    /// is refused as an exec.
+    pub fn denies_exec(&self, d: &Decision) -> Option<u32> {
+        let denies = |r: Option<u32>| r.filter(|&r| self.rule(r).verdict == Verdict::Deny);
+        match denies(d.rule(Kind::Open)) {
+            Some(_) => None,
+            None => denies(d.rule(Kind::Exec)),
+        }
     }
 
     /// The rule of `idx`.

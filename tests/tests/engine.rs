@@ -570,3 +570,29 @@ fn paths_longer_than_path_max_fail_closed() {
         assert_eq!(sh(fx.dir.path(), &read), "read", "{b:?}");
     });
 }
+
+#[test]
+#[ignore = "needs root"]
+fn exec_deny_covers_the_dynamic_loader_and_other_names() {
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    assert!(Path::new(loader).exists(), "this test needs {loader} (x86_64 glibc)");
+    both(|b| {
+        let fx = Fx::new(b);
+        std::fs::create_dir_all(fx.p("bin")).unwrap();
+        std::fs::copy("/bin/true", fx.p("bin/tool")).unwrap();
+        let run = |rel: &str| sh(fx.dir.path(), &format!("{loader} {rel} 2>/dev/null && echo ran || echo refused"));
+        assert_eq!(run("bin/tool"), "ran", "control: the loader runs the tool");
+        fx.apply("ldso", "  subjects:\n  - deny: [\"{D}/bin\"]\n    events: [exec]\n");
+        assert_eq!(probe("exec", fx.p("bin/tool")), "EPERM", "{b:?}");
+        assert_eq!(run("bin/tool"), "refused", "{b:?}: ld.so ran an exec-denied file");
+        let r = fx.record_for(&fx.p("bin/tool"));
+        assert_eq!((r.event.as_str(), r.decision.as_str()), ("exec", "deny"), "{r:?}");
+        assert_eq!(probe("read", fx.p("bin/tool")), "ok", "{b:?}: reading an exec-denied file stays allowed");
+        // The same file through another name, made after the guard started.
+        std::fs::hard_link(fx.p("bin/tool"), fx.p("other-name")).unwrap();
+        assert_eq!(probe("exec", fx.p("other-name")), "EPERM", "{b:?}");
+        assert_eq!(run("other-name"), "refused", "{b:?}");
+        fx.engine.remove("ldso").unwrap();
+        assert_eq!(run("bin/tool"), "ran", "{b:?}");
+    });
+}
