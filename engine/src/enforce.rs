@@ -565,19 +565,24 @@ fn is_dynamic_loader(exe: &str) -> bool {
     name == "ld.so" || name.starts_with("ld64.so") || (name.starts_with("ld-") && name.contains(".so"))
 }
 
-/// Whether `pid` is one of `owners` or descends from one.
-fn is_owned(pid: i32, owners: &[u32]) -> bool {
+/// Whether `pid` is one of `owners` or descends from one. An ancestor with
+/// an owner's pid after that owner exited is a process that reused the pid:
+/// not the owner.
+fn is_owned(pid: i32, owners: &[crate::engine::Owner]) -> bool {
     if owners.is_empty() {
         return false;
     }
     let mut p = pid as u32;
     let proc = janus_procfs::ProcFs::default();
     for _ in 0..128 {
-        if owners.contains(&p) {
-            return true;
+        let Ok(st) = proc.stat(p) else {
+            return false;
+        };
+        if let Some(o) = owners.iter().find(|o| o.pid == p) {
+            return o.is(p);
         }
-        match proc.stat(p).map(|s| s.ppid) {
-            Ok(pp) if pp > 0 && pp != p => p = pp,
+        match st.ppid {
+            pp if pp > 0 && pp != p => p = pp,
             _ => return false,
         }
     }

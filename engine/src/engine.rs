@@ -177,13 +177,47 @@ pub(crate) struct Runtime {
     /// Prefix that `readlink` of an event fd shows for the root; stripped to
     /// get the path as seen inside the root. Empty for `/`.
     pub root_shown: Vec<u8>,
-    pub owners: Vec<u32>,
+    /// The owner processes (`autoAllowOwner`), as they ran when the
+    /// instance was applied: a later process that merely reuses an owner's
+    /// pid is not the owner.
+    pub owners: Vec<Owner>,
     /// The permission group.
     pub perm: OwnedFd,
     pub counters: Counters,
     /// `describe()` of each rule, shared into audit records.
     pub rule_text: Vec<Arc<str>>,
     pub mark_count: std::sync::atomic::AtomicUsize,
+}
+
+/// One run of a process, held by a pidfd: while it runs its pid cannot be
+/// reused, and once it has exited a later process with the same pid is not
+/// it (a start time in clock ticks cannot tell two runs apart within 10 ms).
+#[derive(Debug)]
+pub struct Owner {
+    /// Process ID.
+    pub pid: u32,
+    pidfd: OwnedFd,
+}
+
+impl Owner {
+    /// The owners among `pids` that are running now (a pid that is gone
+    /// owns nothing).
+    fn open_all(pids: &[u32]) -> Vec<Owner> {
+        pids.iter()
+            .filter_map(|&pid| match sys::pidfd_open(pid) {
+                Ok(pidfd) => Some(Owner { pid, pidfd }),
+                Err(e) => {
+                    tracing::warn!(pid, error = %e, "owner process not found; autoAllowOwner allows nobody for it");
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Whether the process that has pid `pid` now is this owner.
+    pub fn is(&self, pid: u32) -> bool {
+        self.pid == pid && !sys::pidfd_exited(self.pidfd.as_fd())
+    }
 }
 
 impl Runtime {
@@ -208,7 +242,7 @@ impl Runtime {
             policy: target.policy,
             root: target.root,
             root_shown,
-            owners: target.owner_pids,
+            owners: Owner::open_all(&target.owner_pids),
             perm,
             counters,
             rule_text,

@@ -596,3 +596,35 @@ fn exec_deny_covers_the_dynamic_loader_and_other_names() {
         assert_eq!(run("bin/tool"), "ran", "{b:?}");
     });
 }
+
+#[test]
+#[ignore = "needs root"]
+fn auto_allow_owner_does_not_follow_a_reused_pid() {
+    let fx = Fx::new(Backend::IoUring);
+    write(fx.p("own/f"), "x");
+    let mut owner = Command::new("sleep").arg("60").spawn().expect("spawn sleep");
+    let pid = owner.id();
+    fx.apply_with("reuse", "  subjects:\n  - deny: [\"{D}/own\"]\n    autoAllowOwner: true\n", vec![pid]);
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    // A new process that gets the owner's pid, as a recycled pid would:
+    // ask the kernel for it (ns_last_pid) and retry if another process
+    // took it first.
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", format!("{}", pid - 1)).expect("write ns_last_pid (root)");
+        let child = Command::new(janus_tests::probe_bin())
+            .args(["open", fx.p("own/f").to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let got = child.id();
+        let out = child.wait_with_output().unwrap();
+        let result = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if got == pid {
+            assert_eq!(result, "EPERM", "a process reusing the owner's pid {pid} was allowed as the owner");
+            return;
+        }
+        assert_eq!(result, "EPERM", "pid {got}: not the owner, must be denied");
+    }
+    panic!("could not get pid {pid} again in 200 tries (a busy machine); the test needs it to check pid reuse");
+}

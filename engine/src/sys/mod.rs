@@ -167,6 +167,26 @@ pub fn poll_in(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(rc as usize)
 }
 
+/// `pidfd_open(pid, 0)`: a handle on one run of a process. While the
+/// process lives its pid cannot be reused, and the handle never refers to
+/// a later process with the same pid.
+pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    // SAFETY: no pointers; the returned fd is new and owned by nobody else.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed this fd for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Whether the process behind a pidfd has exited (the pidfd polls
+/// readable then). An error counts as exited.
+pub fn pidfd_exited(fd: BorrowedFd<'_>) -> bool {
+    let mut p = [libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+    !matches!(poll_in(&mut p, 0), Ok(0))
+}
+
 /// `statfs(2)` filesystem magic of the file at `fd`.
 pub fn fs_magic(fd: RawFd) -> io::Result<i64> {
     // SAFETY: plain-old-data out-struct.
