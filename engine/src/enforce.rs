@@ -498,13 +498,18 @@ impl Decider {
         if let Some(p) = shown.strip_suffix(b" (deleted)") {
             shown = p;
         }
-        let inner = match shown.strip_prefix(rt.root_shown.as_slice()) {
-            Some(rest) if rt.root_shown.is_empty() || rest.is_empty() || rest[0] == b'/' => rest,
-            _ => shown,
+        let (inner, decision) = match shown.strip_prefix(rt.root_shown.as_slice()) {
+            Some(rest) if rt.root_shown.is_empty() || rest.is_empty() || rest[0] == b'/' => {
+                let inner = if rest.is_empty() { &b"/"[..] } else { rest };
+                let mut scratch = Scratch::default();
+                (inner, rt.policy.decide(inner, is_dir, &mut scratch))
+            }
+            // Outside the instance's root (a root that is a directory, not
+            // a mount, shares its mount with files outside it): this
+            // instance's rules, written for paths inside the root, never
+            // apply there.
+            _ => (shown, Decision::default()),
         };
-        let inner = if inner.is_empty() { &b"/"[..] } else { inner };
-        let mut scratch = Scratch::default();
-        let decision = rt.policy.decide(inner, is_dir, &mut scratch);
         let entry = Entry {
             path: Arc::from(String::from_utf8_lossy(inner).as_ref()),
             birth: id.map_or(0, |i| i.birth),

@@ -177,6 +177,10 @@ pub(crate) struct Runtime {
     /// Prefix that `readlink` of an event fd shows for the root; stripped to
     /// get the path as seen inside the root. Empty for `/`.
     pub root_shown: Vec<u8>,
+    /// What resolving rule paths inside the root found (rules guarded at
+    /// their real path through a symlink, links not followed), for the
+    /// report.
+    pub root_notes: Vec<String>,
     /// The owner processes (`autoAllowOwner`), as they ran when the
     /// instance was applied: a later process that merely reuses an owner's
     /// pid is not the owner.
@@ -231,15 +235,17 @@ impl Runtime {
         let perm = sys::fanotify::init(flags, event_flags)
             .map_err(|e| EngineError::io("fanotify_init (permission group)", e))?;
         let root_shown = shown_prefix(&target.root);
+        let (policy, root_notes) = crate::root::resolve_rules(&target.root, &root_shown, target.policy);
         let guard = target.info.guard.clone();
         let counter = |kind: Kind, decision: &'static str| metrics::counter!(m::EVENTS, "guard" => guard.clone(), "event" => kind.as_str(), "decision" => decision);
         let events = Kind::ALL.map(|k| [counter(k, "allow"), counter(k, "deny"), counter(k, "would-deny")]);
         let counters = Counters { events, marks: metrics::gauge!(m::MARKS_ACTIVE, "guard" => guard.clone()) };
-        let rule_text = target.policy.rules.iter().map(|r| Arc::from(r.describe())).collect();
+        let rule_text = policy.rules.iter().map(|r| Arc::from(r.describe())).collect();
         Ok(Runtime {
             id: target.id,
             info: Arc::new(target.info),
-            policy: target.policy,
+            policy,
+            root_notes,
             root: target.root,
             root_shown,
             owners: Owner::open_all(&target.owner_pids),

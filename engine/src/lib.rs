@@ -17,6 +17,7 @@ mod marks;
 pub mod metrics;
 pub mod policy;
 pub mod reference;
+mod root;
 #[allow(unsafe_code)]
 mod sys;
 mod watch;

@@ -92,6 +92,7 @@ pub(crate) struct Walker<'a> {
 pub(crate) fn initial(rt: &Runtime, notif: BorrowedFd<'_>, max: usize) -> Result<Walk, EngineError> {
     let mut w = Walker::new(rt, notif, max);
     w.mark_mounts = true;
+    w.out.report.warnings.extend(rt.root_notes.iter().cloned());
     let policy = &rt.policy;
     let mut starts: Vec<String> = Vec::new();
     for (ri, rule) in policy.rules.iter().enumerate() {

@@ -181,6 +181,25 @@ impl Policy {
         Ok(Self::from_rules(rules, subjects, spec.mode, spec.log_format.as_deref()))
     }
 
+    /// A copy of this policy in which each `(rule, path)` moves rule `rule`
+    /// to `path`: its real path inside a root where the rule's literal
+    /// prefix passes through a symlink (see `root.rs`). The kernel reports
+    /// events under real paths only, so the path as written could never
+    /// match, and walking it would follow the symlink from outside the root.
+    /// The rule keeps its index; its text says both. Fails if `path` is not
+    /// a valid pattern.
+    pub fn with_aliases(&self, aliases: &[(u32, String)]) -> Result<Policy, String> {
+        let mut rules = self.rules.clone();
+        for (r, path) in aliases {
+            let rule = &mut rules[*r as usize];
+            let pattern = Pattern::parse(path).map_err(|e| format!("{path}: {}", e.0))?;
+            rule.text = Arc::from(format!("{} (at {path})", rule.text));
+            rule.specificity = pattern.specificity();
+            rule.pattern = pattern;
+        }
+        Ok(Self::from_rules(rules, self.subjects.clone(), self.mode, self.log_format.as_deref()))
+    }
+
     fn from_rules(rules: Vec<Rule>, subjects: Vec<SubjectOptions>, mode: Mode, log_format: Option<&str>) -> Policy {
         let mut root = Node::default();
         for (i, rule) in rules.iter().enumerate() {

@@ -68,6 +68,12 @@ impl Fx {
     /// Applies a guard whose `spec` is `spec` with `{D}` replaced by the
     /// test directory.
     fn apply_with(&self, id: &str, spec: &str, owners: Vec<u32>) -> GuardReport {
+        self.apply_in(id, spec, owners, "/".into())
+    }
+
+    /// Like [`Fx::apply_with`], for a guard instance whose root is `root`
+    /// (rule paths are inside it, as for a container).
+    fn apply_in(&self, id: &str, spec: &str, owners: Vec<u32>, root: PathBuf) -> GuardReport {
         let yaml = format!(
             "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata:\n  name: {id}\nspec:\n{}",
             spec.replace("{D}", self.d())
@@ -84,7 +90,7 @@ impl Fx {
                     ..Default::default()
                 },
                 policy,
-                root: "/".into(),
+                root,
                 owner_pids: owners,
             })
             .expect("apply guard")
@@ -627,4 +633,61 @@ fn auto_allow_owner_does_not_follow_a_reused_pid() {
         assert_eq!(result, "EPERM", "pid {got}: not the owner, must be denied");
     }
     panic!("could not get pid {pid} again in 200 tries (a busy machine); the test needs it to check pid reuse");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn rule_paths_through_symlinks_are_guarded_inside_the_root() {
+    use std::os::unix::fs::{MetadataExt, symlink};
+    both(|b| {
+        let fx = Fx::new(b);
+        let root = fx.p("root");
+        // Inside the root, like a Debian image: /var/run -> /run (absolute),
+        // and /data/alias -> ../srv (relative).
+        write(root.join("run/secrets/token"), "t");
+        write(root.join("srv/s"), "s");
+        write(root.join("srv/ok"), "o");
+        std::fs::create_dir_all(root.join("var")).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        symlink("/run", root.join("var/run")).unwrap();
+        symlink("../srv", root.join("data/alias")).unwrap();
+        // A link whose target exists on the host but not inside the root,
+        // and one through a magic link to the host's root.
+        let host_file = fx.p("host-only/f");
+        write(&host_file, "h");
+        std::fs::create_dir_all(root.join("escape")).unwrap();
+        symlink(fx.p("host-only"), root.join("escape/host")).unwrap();
+        symlink("/proc/1/root/tmp", root.join("escape/magic")).unwrap();
+        std::fs::create_dir_all(root.join("proc")).unwrap();
+        let st = Command::new("mount").args(["-t", "proc", "proc"]).arg(root.join("proc")).status().unwrap();
+        assert!(st.success(), "mount proc in the test root");
+        // The last rule names, inside the root, the path the host file has
+        // outside it: it must not apply to the host file.
+        let spec = "  subjects:\n  - deny: [/var/run/secrets, /data/alias/s, /escape/host/f, /escape/magic/x, \"{D}/host-only/f\"]\n";
+        let report = fx.apply_in("links", spec, Vec::new(), root.clone());
+        let warned = |needle: &str| report.warnings.iter().any(|w| w.contains(needle));
+        assert!(
+            warned("rule /var/run/secrets passes through a symlink inside the root: guarded at /run/secrets"),
+            "{report:?}"
+        );
+        assert!(warned("guarded at /srv/s"), "{report:?}");
+        assert!(warned("rule /escape/magic/x: it passes through a link that is not followed"), "{report:?}");
+        assert_eq!(probe("open", root.join("run/secrets/token")), "EPERM", "{b:?}");
+        assert_eq!(probe("open", root.join("srv/s")), "EPERM", "{b:?}");
+        assert_eq!(probe("open", root.join("srv/ok")), "ok", "{b:?}");
+        let r = fx.record_for(Path::new("/srv/s"));
+        assert_eq!(r.rule.as_deref(), Some("deny /data/alias/s (at /srv/s)"), "{r:?}");
+        // Nothing outside the root was marked or denied (marks checked
+        // before the open: an allowed open leaves a cache mark).
+        let marked = janus_tests::marked_inodes(std::process::id());
+        let host_ino = std::fs::metadata(&host_file).unwrap().ino();
+        assert!(!marked.contains(&host_ino), "{b:?}: a host file has a mark");
+        let host_dir_ino = std::fs::metadata(fx.p("host-only")).unwrap().ino();
+        assert!(!marked.contains(&host_dir_ino), "{b:?}: a host directory has a mark");
+        assert_eq!(probe("open", &host_file), "ok", "{b:?}");
+        // A host file named like a denied path inside the root is not this
+        // guard's business.
+        write(fx.p("srv/s"), "not in the root");
+        assert_eq!(probe("open", fx.p("srv/s")), "ok", "{b:?}: a rule for the root decided a file outside it");
+    });
 }

@@ -167,6 +167,34 @@ pub fn poll_in(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
     Ok(rc as usize)
 }
 
+/// `openat2(dirfd, path, O_PATH | O_CLOEXEC, RESOLVE_IN_ROOT |
+/// RESOLVE_NO_MAGICLINKS)`: opens `path` as if `dirfd` were `/`. Absolute
+/// symlinks and `..` stay inside `dirfd`; magic links (`/proc/<pid>/root`,
+/// `/proc/self/fd/N`) fail with `ELOOP` instead of being followed.
+pub fn openat2_in_root(dirfd: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `open_how` is plain-old-data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `path` is NUL-terminated and outlives the call; `how` is a
+    // valid `open_how` passed with its exact size; `dirfd` is borrowed, so
+    // it stays open for the duration of the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just installed this fd for us.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
 /// `pidfd_open(pid, 0)`: a handle on one run of a process. While the
 /// process lives its pid cannot be reused, and the handle never refers to
 /// a later process with the same pid.

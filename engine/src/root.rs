@@ -1,0 +1,107 @@
+//! Rule paths resolved inside a guard instance's root.
+//!
+//! A container reaches its files through its own root: in a Debian image
+//! `/var/run` is a symlink to `/run`, so a rule on `/var/run/secrets/x`
+//! protects `/run/secrets/x`. The engine reaches the container's files from
+//! outside (`/proc/<pid>/root/...`), where an absolute symlink would resolve
+//! against the agent's root instead, and the kernel reports every event
+//! under the real path (`/run/secrets/x`). So each rule's literal prefix is
+//! resolved once, at apply, with `openat2(RESOLVE_IN_ROOT |
+//! RESOLVE_NO_MAGICLINKS)` from the root, exactly as the container would
+//! resolve it, and a rule whose prefix passes through a symlink gets an
+//! *alias*: the same rule at the real path. Nothing is ever resolved
+//! against the agent's root, and a magic link (`/proc/<pid>/root`) is never
+//! followed: that rule is guarded as written, with a warning.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::policy::Policy;
+use crate::sys;
+
+/// The policy to enforce under `root` (with aliases for rules whose paths
+/// pass through symlinks inside it) and what the report should say about it.
+pub(crate) fn resolve_rules(root: &Path, root_shown: &[u8], policy: Arc<Policy>) -> (Arc<Policy>, Vec<String>) {
+    let rootfd: OwnedFd = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)
+    {
+        Ok(f) => f.into(),
+        Err(e) => return (policy, vec![format!("cannot open the root {} to resolve rule paths: {e}", root.display())]),
+    };
+    let mut aliases = Vec::new();
+    let mut notes = Vec::new();
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let prefix = rule.pattern.literal_prefix();
+        let text = rule.text.as_ref();
+        if prefix == "/" || !text.starts_with(prefix.as_str()) {
+            continue;
+        }
+        match real_path(&rootfd, &prefix, root_shown, &mut buf) {
+            Ok(Some(real)) if real != prefix => {
+                let alias = format!("{real}{}", &text[prefix.len()..]);
+                notes.push(format!("rule {text} passes through a symlink inside the root: guarded at {alias}"));
+                aliases.push((i as u32, alias));
+            }
+            Ok(_) => {}
+            Err(why) => notes.push(format!("rule {text}: {why}; guarded as written")),
+        }
+    }
+    if aliases.is_empty() {
+        return (policy, notes);
+    }
+    match policy.with_aliases(&aliases) {
+        Ok(p) => (Arc::new(p), notes),
+        Err(e) => {
+            notes.push(format!("cannot guard rules at their real paths ({e}); guarded as written"));
+            (policy, notes)
+        }
+    }
+}
+
+/// The real in-root path of `path`: its deepest existing ancestor-or-self
+/// resolved inside the root, then the rest as written. `Ok(None)` when
+/// nothing of it exists.
+fn real_path(rootfd: &OwnedFd, path: &str, root_shown: &[u8], buf: &mut [u8]) -> Result<Option<String>, String> {
+    let mut existing = path;
+    loop {
+        let rest = &path[existing.len()..];
+        let Ok(c) = CString::new(existing.trim_start_matches('/')) else {
+            return Err("path holds a NUL byte".into());
+        };
+        match sys::openat2_in_root(rootfd.as_fd(), &c) {
+            Ok(fd) => {
+                use std::os::fd::AsRawFd;
+                let len = sys::fd_path(fd.as_raw_fd(), buf).map_err(|e| format!("cannot read its real path: {e}"))?;
+                let shown = &buf[..len];
+                let inner = match shown.strip_prefix(root_shown) {
+                    Some(r) if root_shown.is_empty() || r.is_empty() || r[0] == b'/' => r,
+                    _ => shown,
+                };
+                let inner = std::str::from_utf8(inner).map_err(|_| "its real path is not UTF-8".to_string())?;
+                let inner = if inner.is_empty() { "/" } else { inner };
+                let joined = if inner == "/" && !rest.is_empty() { rest.to_string() } else { format!("{inner}{rest}") };
+                return Ok(Some(joined));
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                match existing.rfind('/') {
+                    Some(0) | None => return Ok(None),
+                    Some(i) => existing = &existing[..i],
+                }
+            }
+            // ELOOP: a magic link refused by RESOLVE_NO_MAGICLINKS (or a
+            // loop); EACCES: /proc refuses the magic link before that.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::EACCES)) => {
+                return Err("it passes through a link that is not followed inside a root (a magic link such as \
+                            /proc/<pid>/root, or a symlink loop)"
+                    .into());
+            }
+            Err(e) => return Err(format!("cannot resolve it inside the root: {e}")),
+        }
+    }
+}
