@@ -86,6 +86,9 @@ pub(crate) struct Walker<'a> {
     /// directory the watcher reports is on a mount already marked).
     mark_mounts: bool,
     mounts: HashSet<u64>,
+    /// Layer directories of the overlay mounts on the node (read when the
+    /// first directory is marked; see [`Walker::dir_events`]).
+    layers: Option<Vec<String>>,
 }
 
 /// Marks everything a freshly applied guard instance needs.
@@ -119,6 +122,25 @@ pub(crate) fn initial(rt: &Runtime, notif: BorrowedFd<'_>, max: usize) -> Result
     }
     w.finish()?;
     Ok(w.out)
+}
+
+/// Layer directories (canonical paths) of every overlay mount this process
+/// and the node's init can see.
+fn overlay_layers() -> Vec<String> {
+    let proc = janus_procfs::ProcFs::default();
+    let mut out: Vec<String> = Vec::new();
+    for pid in [janus_procfs::Pid::SelfProc, janus_procfs::Pid::Id(1)] {
+        let Ok(mounts) = proc.mountinfo(pid) else { continue };
+        for layer in mounts.iter().flat_map(|m| m.overlay_layers()) {
+            let layer = std::fs::canonicalize(&layer).unwrap_or(layer);
+            if let Some(s) = layer.to_str()
+                && !out.iter().any(|o| o == s)
+            {
+                out.push(s.to_string());
+            }
+        }
+    }
+    out
 }
 
 /// Whether `path` is `dir` or below it.
@@ -165,6 +187,7 @@ impl<'a> Walker<'a> {
             handle: Vec::new(),
             mark_mounts: false,
             mounts: HashSet::new(),
+            layers: None,
         }
     }
 
@@ -198,6 +221,43 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    /// The overlay layer (lower, upper or work directory of an overlay
+    /// mount) that holds `dir`, if any. Nothing in a layer is ever marked:
+    /// reading an event for a file or directory of the overlay makes the
+    /// kernel open the matching object of its layer *inside* `read()`
+    /// (measured on 6.18: `ovl_open_realfile` raising `FAN_OPEN_PERM` on the
+    /// layer file's parent mark), and if that object carried a mark of any
+    /// group this engine answers, the enforcement thread would wait on
+    /// itself and every guarded opener would hang. A guard is meant for the
+    /// merged view, which stays guarded. Only host instances (root `/`) can
+    /// reach layers; a layer mounted after a guard marked it is not seen.
+    fn layer_of(&mut self, dir: &str) -> Option<String> {
+        if self.rt.root != std::path::Path::new("/") {
+            return None;
+        }
+        let layers = self.layers.get_or_insert_with(overlay_layers);
+        let layer = layers.iter().find(|l| is_under(dir, l))?.clone();
+        let note = format!(
+            "{dir} is in the overlay layer {layer}: nothing in it is marked (that could deadlock the engine); \
+             its files are decided by path through its mount's mark, directory opens there are not decided; \
+             guard the overlay's merged path"
+        );
+        if !self.out.report.warnings.contains(&note) {
+            self.out.report.warnings.push(note);
+        }
+        Some(layer)
+    }
+
+    /// Whether directory `dir` holds a layer directory as a direct child:
+    /// its mark then must not ask for directory events (`FAN_ONDIR`), which
+    /// would include the kernel's own open of that layer directory.
+    fn parents_a_layer(&mut self, dir: &str) -> bool {
+        if self.rt.root != std::path::Path::new("/") {
+            return false;
+        }
+        self.layers.get_or_insert_with(overlay_layers).iter().any(|l| parent(l) == dir)
+    }
+
     /// Walks directory `start` (in-root path) and everything below it that
     /// can need a decision, marking directories and collecting files.
     pub(crate) fn walk(&mut self, start: &str) -> Result<(), EngineError> {
@@ -215,8 +275,16 @@ impl<'a> Walker<'a> {
             if !id.is_dir {
                 continue;
             }
+            if self.layer_of(&dir).is_some() {
+                // Its mount may be marked: the overlay reaches its layers
+                // through private clones of their mounts, which that mark
+                // does not see. Direct opens of its files are decided by path.
+                self.mark_mount_of(&dir, &host, id.mnt_id)?;
+                continue;
+            }
             self.count(&dir)?;
-            let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_EVENT_ON_CHILD | libc::FAN_ONDIR;
+            let ondir = if self.parents_a_layer(&dir) { 0 } else { libc::FAN_ONDIR };
+            let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_EVENT_ON_CHILD | ondir;
             self.perm_mark(0, mask, &host).map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
             self.out.report.marks += 1;
             self.rt.add_marks(1);

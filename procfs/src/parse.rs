@@ -229,6 +229,30 @@ pub struct Mount {
 }
 
 impl Mount {
+    /// For an overlayfs mount, the directories its layers live in
+    /// (`lowerdir` entries, `upperdir`, `workdir`, as given to mount);
+    /// empty for any other filesystem. Reading an event for an overlay
+    /// directory makes the kernel open the matching directory of a layer,
+    /// which a permission listener must not be waiting on.
+    pub fn overlay_layers(&self) -> Vec<PathBuf> {
+        if self.fs_type != "overlay" {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for opt in split_unescaped(&self.super_options, ',') {
+            let Some((key, value)) = opt.split_once('=') else { continue };
+            match key {
+                "lowerdir" | "lowerdir+" | "datadir+" => {
+                    out.extend(split_unescaped(value, ':').into_iter().map(|p| layer_path(&p)));
+                }
+                "upperdir" | "workdir" => out.push(layer_path(value)),
+                _ => {}
+            }
+        }
+        out.retain(|p| !p.as_os_str().is_empty());
+        out
+    }
+
     /// Parses one line.
     pub fn parse(line: &str) -> Result<Mount, ParseError> {
         let (left, right) = line.split_once(" - ").ok_or(missing("separator"))?;
@@ -260,6 +284,31 @@ impl Mount {
     pub fn parse_all(text: &str) -> impl Iterator<Item = Result<Mount, ParseError>> + '_ {
         text.lines().filter(|l| !l.is_empty()).map(Mount::parse)
     }
+}
+
+/// Splits `s` at `sep` unless escaped with a backslash (overlay options
+/// escape `,` and `:` in paths that way); the escapes are removed.
+fn split_unescaped(s: &str, sep: char) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.clone().next() {
+                Some(n) if n == sep || n == '\\' => {
+                    chars.next();
+                    out.last_mut().expect("never empty").push(n);
+                }
+                _ => out.last_mut().expect("never empty").push(c),
+            },
+            c if c == sep => out.push(String::new()),
+            c => out.last_mut().expect("never empty").push(c),
+        }
+    }
+    out
+}
+
+fn layer_path(s: &str) -> PathBuf {
+    PathBuf::from(OsString::from_vec(unescape(s)))
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, ...).
@@ -341,6 +390,20 @@ impl FdInfo {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn overlay_layers_from_super_options() {
+        let line = "712 30 0:120 / /run/c/rootfs rw,relatime - overlay overlay \
+                    rw,lowerdir=/var/lib/s/3/fs:/var/lib/s/2/fs:/var/lib/a\\:b,upperdir=/var/lib/s/4/fs,workdir=/var/lib/s/4/work,uuid=on";
+        let m = super::Mount::parse(line).unwrap();
+        let layers: Vec<String> = m.overlay_layers().iter().map(|p| p.display().to_string()).collect();
+        assert_eq!(
+            layers,
+            ["/var/lib/s/3/fs", "/var/lib/s/2/fs", "/var/lib/a:b", "/var/lib/s/4/fs", "/var/lib/s/4/work"]
+        );
+        let ext4 = super::Mount::parse("22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw").unwrap();
+        assert!(ext4.overlay_layers().is_empty());
+    }
+
     use super::*;
 
     /// A stat line for `comm` with state S, ppid 900, utime 7, stime 3,

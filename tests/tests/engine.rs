@@ -691,3 +691,33 @@ fn rule_paths_through_symlinks_are_guarded_inside_the_root() {
         assert_eq!(probe("open", fx.p("srv/s")), "ok", "{b:?}: a rule for the root decided a file outside it");
     });
 }
+
+#[test]
+#[ignore = "needs root"]
+fn overlay_merged_and_lower_guarded_together_never_hang() {
+    both(|b| {
+        let fx = Fx::new(b);
+        for d in ["lower/secret", "upper", "work", "merged"] {
+            std::fs::create_dir_all(fx.p(d)).unwrap();
+        }
+        write(fx.p("lower/secret/x"), "s");
+        write(fx.p("lower/open/y"), "o");
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            fx.p("lower").display(),
+            fx.p("upper").display(),
+            fx.p("work").display()
+        );
+        let st =
+            Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(fx.p("merged")).status().unwrap();
+        assert!(st.success(), "mount overlay");
+        let report = fx.apply("overlay", "  subjects:\n  - deny: [\"{D}/merged/secret\", \"{D}/lower/secret\"]\n");
+        assert_eq!(probe("open", fx.p("merged/secret/x")), "EPERM", "{b:?}");
+        assert_eq!(probe("list", fx.p("merged/secret")), "EPERM", "{b:?}");
+        assert_eq!(probe("open", fx.p("lower/secret/x")), "EPERM", "{b:?}");
+        assert_eq!(probe("open", fx.p("merged/open/y")), "ok", "{b:?}");
+        assert!(report.warnings.iter().any(|w| w.contains("overlay")), "{report:?}");
+        fx.engine.remove("overlay").unwrap();
+        let _ = Command::new("umount").arg(fx.p("merged")).status();
+    });
+}
