@@ -375,10 +375,16 @@ fn policy_swap_under_load_loses_nothing() {
                     .unwrap()
             })
             .collect();
+        // `sometimes` goes allow -> deny -> allow with every swap, opened
+        // right after each: a swap to deny is in force the moment apply
+        // returns (nothing cached from the allowing policy survives).
         let mut swaps = 0;
         let end = std::time::Instant::now() + Duration::from_millis(2500);
         while std::time::Instant::now() < end {
-            fx.apply("swap", if swaps % 2 == 0 { v2 } else { v1 });
+            let deny = swaps % 2 == 0;
+            fx.apply("swap", if deny { v2 } else { v1 });
+            let want = if deny { "EPERM" } else { "ok" };
+            assert_eq!(probe("open", fx.p("load/sometimes")), want, "{b:?}: swap {swaps} not in force at once");
             swaps += 1;
         }
         let mut total_ok = 0;
@@ -427,10 +433,13 @@ fn stopping_releases_every_opener() {
             .collect();
         std::thread::sleep(Duration::from_millis(500));
         let Fx { engine, dir, .. } = fx;
+        let ours = janus_tests::inodes_under(dir.path());
+        // The check after stop means something only if the marks were there.
+        let before = janus_tests::marked_inodes(std::process::id());
+        assert!(ours.iter().any(|i| before.contains(i)), "{b:?}: no mark on the test directory before stop");
         engine.stop();
         let marked = janus_tests::marked_inodes(std::process::id());
-        let ours = janus_tests::inodes_under(dir.path());
-        assert!(ours.iter().all(|i| !marked.contains(i)), "marks left on the test directory after stop");
+        assert!(ours.iter().all(|i| !marked.contains(i)), "{b:?}: marks left on the test directory after stop");
         for o in openers {
             let out = o.wait_with_output().unwrap();
             assert!(out.status.success(), "opener hung or failed after stop: {:?}", out.status);
