@@ -389,7 +389,7 @@ impl Engine {
         };
         let report = walk.report.clone();
         self.enforcer.send_entries(EntryBatch { serial, entries: walk.entries })?;
-        self.watcher.add(serial, rt.clone(), notif, walk.dirs)?;
+        self.watcher.add(serial, rt.clone(), notif, walk.dirs, walk.fs_roots)?;
         if let Some(old) = guards.insert(rt.id.clone(), serial) {
             self.watcher.remove(old)?;
             self.enforcer.retire(old)?;

@@ -21,6 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 
 use crate::enforce::{Entry, FileKey};
@@ -61,6 +62,9 @@ pub(crate) struct Walk {
     pub entries: Vec<(FileKey, Entry)>,
     /// (file handle, in-root path) of every watched directory.
     pub dirs: Vec<(Vec<u8>, Arc<str>)>,
+    /// An fd on each filesystem watched as a whole (`mountpoint:
+    /// true`), for the watcher to reopen the directories its events name.
+    pub fs_roots: Vec<OwnedFd>,
     pub report: GuardReport,
 }
 
@@ -202,6 +206,25 @@ impl<'a> Walker<'a> {
             .map_err(|e| EngineError::io(format!("mark mount of {path}"), e))?;
         self.out.report.marks += 1;
         self.rt.add_marks(1);
+        // No directory there is walked or watched, yet a file cached as
+        // allowed may be renamed or linked to a denied name later: watch
+        // the whole filesystem for new names, so the watcher can take the
+        // cache back (see watch.rs).
+        let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM;
+        // open_by_handle_at refuses an O_PATH mount fd (EBADF).
+        let root = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(self.rt.host_path(path));
+        match (fanotify::mark(self.notif, flags, WATCH_MASK, None, Some(&host)), root) {
+            (Ok(()), Ok(f)) => self.out.fs_roots.push(f.into()),
+            (Err(e), _) | (_, Err(e)) => {
+                self.out
+                    .report
+                    .warnings
+                    .push(format!("files under {path} renamed or linked to a denied name will not be noticed: {e}"));
+            }
+        }
         Ok(())
     }
 

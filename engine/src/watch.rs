@@ -23,7 +23,7 @@ use crate::sys;
 const MAX_NEW_WALK: usize = 1_000_000;
 
 enum Command {
-    Add(u64, Arc<Runtime>, OwnedFd, Vec<(Vec<u8>, Arc<str>)>),
+    Add(u64, Arc<Runtime>, OwnedFd, Vec<(Vec<u8>, Arc<str>)>, Vec<OwnedFd>),
     Remove(u64, Sender<()>),
     Stop,
 }
@@ -33,6 +33,9 @@ struct WatchSet {
     notif: OwnedFd,
     /// Directory file handle -> path inside the root.
     dirs: HashMap<Vec<u8>, Arc<str>>,
+    /// Filesystems watched whole (`mountpoint: true`): events there name
+    /// directories the walk never saw, reopened by handle from these.
+    fs_roots: Vec<OwnedFd>,
 }
 
 /// Handle to the watcher thread.
@@ -66,8 +69,9 @@ impl Watcher {
         rt: Arc<Runtime>,
         notif: OwnedFd,
         dirs: Vec<(Vec<u8>, Arc<str>)>,
+        fs_roots: Vec<OwnedFd>,
     ) -> Result<(), EngineError> {
-        self.send(Command::Add(serial, rt, notif, dirs))
+        self.send(Command::Add(serial, rt, notif, dirs, fs_roots))
     }
 
     /// Stops watching for `serial`; returns once its group is closed.
@@ -91,6 +95,7 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
     let mut pollfds = Vec::new();
     let mut serials = Vec::new();
     let mut key = Vec::new();
+    let mut path = vec![0u8; libc::PATH_MAX as usize + 1];
     loop {
         pollfds.clear();
         serials.clear();
@@ -109,8 +114,8 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
             let _ = sys::read(wake.as_raw_fd(), &mut b);
             while let Ok(cmd) = rx.try_recv() {
                 match cmd {
-                    Command::Add(serial, rt, notif, dirs) => {
-                        sets.insert(serial, WatchSet { rt, notif, dirs: dirs.into_iter().collect() });
+                    Command::Add(serial, rt, notif, dirs, fs_roots) => {
+                        sets.insert(serial, WatchSet { rt, notif, dirs: dirs.into_iter().collect(), fs_roots });
                     }
                     Command::Remove(serial, ack) => {
                         sets.remove(&serial);
@@ -141,10 +146,17 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
                 key.clear();
                 key.extend_from_slice(&d.handle_type.to_ne_bytes());
                 key.extend_from_slice(d.handle);
-                let (Some(dir), Ok(name)) = (set.dirs.get(&key), std::str::from_utf8(d.name)) else {
+                let Ok(name) = std::str::from_utf8(d.name) else {
                     continue;
                 };
-                found.push((dir.clone(), name.to_string()));
+                let dir = match set.dirs.get(&key) {
+                    Some(dir) => dir.clone(),
+                    None => match dir_by_handle(set, d.handle_type, d.handle, &mut path) {
+                        Some(dir) => dir,
+                        None => continue,
+                    },
+                };
+                found.push((dir, name.to_string()));
             }
             for (dir, name) in found {
                 match marks::on_new_entry(&set.rt, set.notif.as_fd(), &dir, &name, MAX_NEW_WALK) {
@@ -162,4 +174,29 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
             }
         }
     }
+}
+
+/// The in-root path of the directory a handle names, reopened from one of
+/// the set's whole-filesystem roots (where it is *now*, so a renamed
+/// directory is found under its new name). `None` when the set watches no
+/// filesystem whole, the directory is gone, or it is outside the root.
+fn dir_by_handle(set: &WatchSet, handle_type: i32, handle: &[u8], buf: &mut [u8]) -> Option<Arc<str>> {
+    let fd = set.fs_roots.iter().find_map(|root| {
+        match sys::fanotify::open_by_handle(root.as_fd(), handle_type, handle) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot reopen a directory by handle");
+                None
+            }
+        }
+    })?;
+    let len = sys::fd_path(fd.as_raw_fd(), buf).ok()?;
+    let shown = &buf[..len];
+    let prefix = set.rt.root_shown.as_slice();
+    let inner = match shown.strip_prefix(prefix) {
+        Some(rest) if prefix.is_empty() || rest.is_empty() || rest[0] == b'/' => rest,
+        _ => return None,
+    };
+    let inner = std::str::from_utf8(inner).ok()?;
+    Some(Arc::from(if inner.is_empty() { "/" } else { inner }))
 }

@@ -83,3 +83,38 @@ pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::R
     out.extend_from_slice(&h.data[..(h.bytes as usize).min(MAX)]);
     Ok(())
 }
+
+/// `open_by_handle_at(mount_fd, handle, O_PATH | O_DIRECTORY | O_CLOEXEC)`:
+/// reopens the directory that a fanotify `FAN_REPORT_DFID_NAME` record
+/// names, wherever it is now (a renamed directory keeps its handle).
+/// `mount_fd` is any fd on the handle's filesystem; `ESTALE` or `EXDEV`
+/// when it is on another one (or the directory is gone).
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> io::Result<OwnedFd> {
+    const MAX: usize = 128;
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        data: [u8; MAX],
+    }
+    if handle.len() > MAX {
+        return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
+    }
+    let mut h = Handle { bytes: handle.len() as u32, kind: handle_type, data: [0; MAX] };
+    h.data[..handle.len()].copy_from_slice(handle);
+    // SAFETY: `h` has the `struct file_handle` layout, `bytes` says how many
+    // of its data bytes are valid, and it outlives the call; `mount_fd` is
+    // borrowed, so it stays open for its duration.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            (&mut h as *mut Handle).cast::<libc::c_void>(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(super::own_fd(fd as i32))
+}
