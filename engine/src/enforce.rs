@@ -498,9 +498,8 @@ impl Decider {
         if let Some(p) = shown.strip_suffix(b" (deleted)") {
             shown = p;
         }
-        let (inner, decision) = match shown.strip_prefix(rt.root_shown.as_slice()) {
-            Some(rest) if rt.root_shown.is_empty() || rest.is_empty() || rest[0] == b'/' => {
-                let inner = if rest.is_empty() { &b"/"[..] } else { rest };
+        let (inner, decision) = match crate::engine::in_root(shown, &rt.root_shown) {
+            Some(inner) => {
                 let mut scratch = Scratch::default();
                 (inner, rt.policy.decide(inner, is_dir, &mut scratch))
             }

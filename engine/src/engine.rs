@@ -297,6 +297,19 @@ pub(crate) fn group_error(which: &str, e: std::io::Error) -> EngineError {
 }
 
 /// The prefix `readlink(/proc/self/fd/N)` shows for files under `root`.
+/// The in-root path of a path the kernel printed (`readlink` of an fd),
+/// given the prefix it shows for the instance's root (`Runtime::root_shown`,
+/// empty for `/`): `Some("/")` for the root itself, `None` for a path
+/// outside the root.
+pub(crate) fn in_root<'a>(shown: &'a [u8], root_shown: &[u8]) -> Option<&'a [u8]> {
+    match shown.strip_prefix(root_shown) {
+        Some(rest) if root_shown.is_empty() || rest.is_empty() || rest[0] == b'/' => {
+            Some(if rest.is_empty() { &b"/"[..] } else { rest })
+        }
+        _ => None,
+    }
+}
+
 fn shown_prefix(root: &Path) -> Vec<u8> {
     let shown =
         std::fs::read_link(root).or_else(|_| std::fs::canonicalize(root)).unwrap_or_else(|_| root.to_path_buf());

@@ -78,13 +78,9 @@ fn real_path(rootfd: &OwnedFd, path: &str, root_shown: &[u8], buf: &mut [u8]) ->
             Ok(fd) => {
                 use std::os::fd::AsRawFd;
                 let len = sys::fd_path(fd.as_raw_fd(), buf).map_err(|e| format!("cannot read its real path: {e}"))?;
-                let shown = &buf[..len];
-                let inner = match shown.strip_prefix(root_shown) {
-                    Some(r) if root_shown.is_empty() || r.is_empty() || r[0] == b'/' => r,
-                    _ => shown,
-                };
+                let inner = crate::engine::in_root(&buf[..len], root_shown)
+                    .ok_or_else(|| "its real path is outside the root".to_string())?;
                 let inner = std::str::from_utf8(inner).map_err(|_| "its real path is not UTF-8".to_string())?;
-                let inner = if inner.is_empty() { "/" } else { inner };
                 let joined = if inner == "/" && !rest.is_empty() { rest.to_string() } else { format!("{inner}{rest}") };
                 return Ok(Some(joined));
             }

@@ -191,12 +191,6 @@ fn dir_by_handle(set: &WatchSet, handle_type: i32, handle: &[u8], buf: &mut [u8]
         }
     })?;
     let len = sys::fd_path(fd.as_raw_fd(), buf).ok()?;
-    let shown = &buf[..len];
-    let prefix = set.rt.root_shown.as_slice();
-    let inner = match shown.strip_prefix(prefix) {
-        Some(rest) if prefix.is_empty() || rest.is_empty() || rest[0] == b'/' => rest,
-        _ => return None,
-    };
-    let inner = std::str::from_utf8(inner).ok()?;
-    Some(Arc::from(if inner.is_empty() { "/" } else { inner }))
+    let inner = crate::engine::in_root(&buf[..len], &set.rt.root_shown)?;
+    Some(Arc::from(std::str::from_utf8(inner).ok()?))
 }

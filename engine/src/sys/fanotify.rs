@@ -49,17 +49,21 @@ pub fn mark_raw_fd(group: BorrowedFd<'_>, flags: u32, mask: u64, fd: i32) -> io:
     Ok(())
 }
 
+/// Room for a file handle's bytes (`MAX_HANDLE_SZ`).
+const MAX: usize = 128;
+
+/// `struct file_handle` with room for [`MAX`] bytes of handle.
+#[repr(C)]
+struct Handle {
+    bytes: u32,
+    kind: i32,
+    data: [u8; MAX],
+}
+
 /// Encodes the file handle of `path` relative to `dirfd` (as fanotify
 /// reports it with `FAN_REPORT_DFID_NAME`): `handle_type` (native endian)
 /// followed by the handle bytes.
 pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::Result<()> {
-    const MAX: usize = 128;
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        data: [u8; MAX],
-    }
     let mut h = Handle { bytes: MAX as u32, kind: 0, data: [0; MAX] };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `h` has the `struct file_handle` layout with room for MAX
@@ -90,13 +94,6 @@ pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::R
 /// `mount_fd` is any fd on the handle's filesystem; `ESTALE` or `EXDEV`
 /// when it is on another one (or the directory is gone).
 pub fn open_by_handle(mount_fd: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> io::Result<OwnedFd> {
-    const MAX: usize = 128;
-    #[repr(C)]
-    struct Handle {
-        bytes: u32,
-        kind: i32,
-        data: [u8; MAX],
-    }
     if handle.len() > MAX {
         return Err(io::Error::from_raw_os_error(libc::EOVERFLOW));
     }

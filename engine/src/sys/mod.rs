@@ -31,9 +31,14 @@ pub struct FileId {
     pub mnt_id: u64,
 }
 
-/// `statx(fd, "", AT_EMPTY_PATH)`: the identity of an open file.
+/// `statx(fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC)`: the identity of an
+/// open file. Called on the enforcement thread for every event: on a
+/// network filesystem (NFS, FUSE with caching) `AT_STATX_DONT_SYNC` takes
+/// what the client has cached instead of asking the server, so one slow
+/// server cannot stall the answers of every guard (identity fields do not
+/// change for an open file).
 pub fn file_id(fd: RawFd) -> io::Result<FileId> {
-    statx_at(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    statx_at(fd, c"", libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC)
 }
 
 /// `statx(dirfd, name, AT_SYMLINK_NOFOLLOW)`, or of a path when `dirfd` is
