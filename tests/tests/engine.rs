@@ -617,9 +617,14 @@ fn exec_deny_covers_the_dynamic_loader_and_other_names() {
         std::fs::copy("/bin/true", fx.p("bin/tool")).unwrap();
         let run = |rel: &str| sh(fx.dir.path(), &format!("{loader} {rel} 2>/dev/null && echo ran || echo refused"));
         assert_eq!(run("bin/tool"), "ran", "control: the loader runs the tool");
+        // Exec through an open fd (`/proc/self/fd/N`, the path fexecve falls
+        // back to): the kernel reports it as an exec of the same inode.
+        let by_fd = || sh(fx.dir.path(), "exec 3<bin/tool; /proc/self/fd/3 2>/dev/null && echo ran || echo refused");
+        assert_eq!(by_fd(), "ran", "control: exec through an fd works");
         fx.apply("ldso", "  subjects:\n  - deny: [\"{D}/bin\"]\n    events: [exec]\n");
         assert_eq!(probe("exec", fx.p("bin/tool")), "EPERM", "{b:?}");
         assert_eq!(run("bin/tool"), "refused", "{b:?}: ld.so ran an exec-denied file");
+        assert_eq!(by_fd(), "refused", "{b:?}: exec through an fd ran an exec-denied file");
         let r = fx.record_for(&fx.p("bin/tool"));
         assert_eq!((r.event.as_str(), r.decision.as_str()), ("exec", "deny"), "{r:?}");
         assert_eq!(probe("read", fx.p("bin/tool")), "ok", "{b:?}: reading an exec-denied file stays allowed");
