@@ -62,8 +62,9 @@ pub(crate) struct Walk {
     pub entries: Vec<(FileKey, Entry)>,
     /// (file handle, in-root path) of every watched directory.
     pub dirs: Vec<(Vec<u8>, Arc<str>)>,
-    /// An fd on each filesystem watched as a whole (`mountpoint:
-    /// true`), for the watcher to reopen the directories its events name.
+    /// An fd on the root's filesystem and on each filesystem watched as a
+    /// whole (`mountpoint: true`), for the watcher to reopen the
+    /// directories its events name.
     pub fs_roots: Vec<OwnedFd>,
     pub report: GuardReport,
 }
@@ -100,6 +101,12 @@ pub(crate) fn initial(rt: &Runtime, notif: BorrowedFd<'_>, max: usize) -> Result
     let mut w = Walker::new(rt, notif, max);
     w.mark_mounts = true;
     w.out.report.warnings.extend(rt.root_notes.iter().cloned());
+    // The watcher reopens the directories its events name from the root's
+    // filesystem, so a renamed directory is known by where it is now.
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC).open(&rt.root) {
+        Ok(f) => w.out.fs_roots.push(f.into()),
+        Err(e) => w.out.report.warnings.push(format!("cannot open the root for the watcher: {e}")),
+    }
     let policy = &rt.policy;
     let mut starts: Vec<String> = Vec::new();
     for (ri, rule) in policy.rules.iter().enumerate() {

@@ -33,8 +33,8 @@ struct WatchSet {
     notif: OwnedFd,
     /// Directory file handle -> path inside the root.
     dirs: HashMap<Vec<u8>, Arc<str>>,
-    /// Filesystems watched whole (`mountpoint: true`): events there name
-    /// directories the walk never saw, reopened by handle from these.
+    /// The root's filesystem and those watched whole (`mountpoint: true`):
+    /// directories that events name are reopened by handle from these.
     fs_roots: Vec<OwnedFd>,
 }
 
@@ -149,10 +149,12 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
                 let Ok(name) = std::str::from_utf8(d.name) else {
                     continue;
                 };
-                let dir = match set.dirs.get(&key) {
-                    Some(dir) => dir.clone(),
-                    None => match dir_by_handle(set, d.handle_type, d.handle, &mut path) {
-                        Some(dir) => dir,
+                // Where the directory is now; the path recorded when it was
+                // marked only if it cannot be reopened (another filesystem).
+                let dir = match dir_by_handle(set, d.handle_type, d.handle, &mut path) {
+                    Some(dir) => dir,
+                    None => match set.dirs.get(&key) {
+                        Some(dir) => dir.clone(),
                         None => continue,
                     },
                 };
@@ -177,9 +179,9 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
 }
 
 /// The in-root path of the directory a handle names, reopened from one of
-/// the set's whole-filesystem roots (where it is *now*, so a renamed
-/// directory is found under its new name). `None` when the set watches no
-/// filesystem whole, the directory is gone, or it is outside the root.
+/// the set's filesystem roots (where it is *now*, so a renamed directory is
+/// found under its new name). `None` when it is on none of them, gone, or
+/// outside the root.
 fn dir_by_handle(set: &WatchSet, handle_type: i32, handle: &[u8], buf: &mut [u8]) -> Option<Arc<str>> {
     let fd = set.fs_roots.iter().find_map(|root| {
         match sys::fanotify::open_by_handle(root.as_fd(), handle_type, handle) {
