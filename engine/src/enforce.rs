@@ -421,7 +421,11 @@ impl Decider {
         let mut deciding = entry.decision.rule(kind);
         if kind == Kind::Open
             && let Some(r) = policy.denies_exec(&entry.decision)
-            && self.process_info(ev.pid).exe.as_deref().is_some_and(is_dynamic_loader)
+            // Read now, not from the per-pid cache: a process that opened
+            // the file a moment ago may have exec'd the loader since.
+            && janus_procfs::ProcFs::default()
+                .exe(ev.pid as u32)
+                .is_ok_and(|exe| exe.to_str().is_some_and(is_dynamic_loader))
         {
             // `ld.so FILE`: the loader opens FILE to map and run it. That
             // is an exec, decided by the exec rule.

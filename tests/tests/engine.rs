@@ -625,6 +625,13 @@ fn exec_deny_covers_the_dynamic_loader_and_other_names() {
         assert_eq!(probe("exec", fx.p("bin/tool")), "EPERM", "{b:?}");
         assert_eq!(run("bin/tool"), "refused", "{b:?}: ld.so ran an exec-denied file");
         assert_eq!(by_fd(), "refused", "{b:?}: exec through an fd ran an exec-denied file");
+        // The same process opens the file as a reader first, then becomes
+        // the loader: decided by what it runs now.
+        let same_pid = sh(
+            fx.dir.path(),
+            &format!("(exec 3<bin/tool; exec {loader} bin/tool) 2>/dev/null && echo ran || echo refused"),
+        );
+        assert_eq!(same_pid, "refused", "{b:?}: a reader that exec'd the loader ran the file");
         let r = fx.record_for(&fx.p("bin/tool"));
         assert_eq!((r.event.as_str(), r.decision.as_str()), ("exec", "deny"), "{r:?}");
         assert_eq!(probe("read", fx.p("bin/tool")), "ok", "{b:?}: reading an exec-denied file stays allowed");
