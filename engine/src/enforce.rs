@@ -576,23 +576,42 @@ fn is_dynamic_loader(exe: &str) -> bool {
 /// Whether `pid` is one of `owners` or descends from one. An ancestor with
 /// an owner's pid after that owner exited is a process that reused the pid:
 /// not the owner.
+///
+/// The parent links are not all descent: an owner that is its pid
+/// namespace's init adopts every orphan of the namespace, including those
+/// of processes that entered it from outside (`kubectl exec`, `nsenter`):
+/// `sh -c '(sleep 1; cat secret) &'` leaves a child whose parent is then
+/// the owner. Such a link counts only when the owner leads its own session
+/// and the child is in it. Sessions are inherited by fork alone (`setsid()`
+/// starts a new one), so the members of the owner's session are its
+/// descendants, while runtimes start every exec'd process in a session of
+/// its own (runc's nsexec calls `setsid()`). The price: a descendant that
+/// starts its own session and is then orphaned is no longer the owner's
+/// (docs/guard-format.md, `autoAllowOwner`). Subreapers only adopt their
+/// own descendants, so links to any other parent are descent.
 fn is_owned(pid: i32, owners: &[crate::engine::Owner]) -> bool {
     if owners.is_empty() {
         return false;
     }
     let mut p = pid as u32;
     let proc = janus_procfs::ProcFs::default();
+    let mut child: Option<janus_procfs::Stat> = None;
     for _ in 0..128 {
         let Ok(st) = proc.stat(p) else {
             return false;
         };
         if let Some(o) = owners.iter().find(|o| o.pid == p) {
-            return o.is(p);
+            let adopted = match &child {
+                Some(c) if o.reaper => !(st.session == o.pid && c.session == o.pid),
+                _ => false,
+            };
+            return !adopted && o.is(p);
         }
         match st.ppid {
             pp if pp > 0 && pp != p => p = pp,
             _ => return false,
         }
+        child = Some(st);
     }
     false
 }

@@ -200,6 +200,9 @@ pub(crate) struct Runtime {
 pub struct Owner {
     /// Process ID.
     pub pid: u32,
+    /// Whether the owner is its pid namespace's init (or its namespace is
+    /// unknown): it adopts orphans that are not its descendants.
+    pub reaper: bool,
     pidfd: OwnedFd,
 }
 
@@ -209,7 +212,13 @@ impl Owner {
     fn open_all(pids: &[u32]) -> Vec<Owner> {
         pids.iter()
             .filter_map(|&pid| match sys::pidfd_open(pid) {
-                Ok(pidfd) => Some(Owner { pid, pidfd }),
+                Ok(pidfd) => {
+                    // Read after the pidfd is held: if the pid was reused in
+                    // between, the status is the new process's and the owner
+                    // check fails anyway (`is`). Unknown counts as a reaper.
+                    let ns_pid = janus_procfs::ProcFs::default().status(pid).ok().and_then(|s| s.ns_pid);
+                    Some(Owner { pid, reaper: ns_pid.is_none_or(|n| n == 1), pidfd })
+                }
                 Err(e) => {
                     tracing::warn!(pid, error = %e, "owner process not found; autoAllowOwner allows nobody for it");
                     None

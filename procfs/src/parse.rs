@@ -48,6 +48,11 @@ pub struct Stat {
     pub state: char,
     /// Field 4: parent's process ID (0 for init and kernel threads' parent).
     pub ppid: u32,
+    /// Field 6: session ID (the pid of the session's leader). A process
+    /// joins a session only by being forked from a member, or starts its
+    /// own with `setsid()`; `autoAllowOwner` relies on that (the engine's
+    /// `is_owned`).
+    pub session: u32,
     /// Field 14: user-mode CPU time of all threads, in clock ticks.
     pub utime: u64,
     /// Field 15: kernel-mode CPU time of all threads, in clock ticks.
@@ -78,10 +83,11 @@ impl Stat {
             _ => return Err(ParseError::Invalid { field: "state", value: state.to_string() }),
         };
         let ppid = number("ppid", fields.next())?; // 4
-        let utime = number("utime", fields.nth(9))?; // 14 (skips 5..=13)
+        let session = number("session", fields.nth(1))?; // 6 (skips 5)
+        let utime = number("utime", fields.nth(7))?; // 14 (skips 7..=13)
         let stime = number("stime", fields.next())?; // 15
         let start_time = number("start_time", fields.nth(6))?; // 22 (skips 16..=21)
-        Ok(Stat { pid, comm, state, ppid, utime, stime, start_time })
+        Ok(Stat { pid, comm, state, ppid, session, utime, stime, start_time })
     }
 }
 
@@ -122,13 +128,17 @@ pub struct Status {
     pub vm_rss_kib: Option<u64>,
     /// `Threads:` number of threads, when the kernel reports it.
     pub threads: Option<u64>,
+    /// The last `NSpid:` field: the process's pid in its own (innermost)
+    /// pid namespace; 1 for a namespace's init, which adopts every orphan
+    /// of that namespace. `None` on kernels without the field (< 4.1).
+    pub ns_pid: Option<u32>,
 }
 
 impl Status {
     /// Parses the contents of `/proc/<pid>/status` (`Key:\tvalue` lines).
     /// `Uid` and `Gid` are required; unknown keys are ignored.
     pub fn parse(text: &str) -> Result<Status, ParseError> {
-        let (mut uid, mut gid, mut rss, mut threads) = (None, None, None, None);
+        let (mut uid, mut gid, mut rss, mut threads, mut nspid) = (None, None, None, None, None);
         for line in text.lines() {
             let Some((key, value)) = line.split_once(':') else {
                 continue;
@@ -138,6 +148,7 @@ impl Status {
                 "Gid" => gid = Some(value),
                 "VmRSS" => rss = Some(value),
                 "Threads" => threads = Some(value),
+                "NSpid" => nspid = Some(value),
                 _ => {}
             }
         }
@@ -150,7 +161,12 @@ impl Status {
             Some(v) => Some(number("Threads", v.split_ascii_whitespace().next())?),
             None => None,
         };
-        Ok(Status { uid: Ids::parse("Uid", uid)?, gid: Ids::parse("Gid", gid)?, vm_rss_kib, threads })
+        let ns_pid = match nspid {
+            // "\t1234\t1": outermost first.
+            Some(v) => Some(number("NSpid", v.split_ascii_whitespace().last())?),
+            None => None,
+        };
+        Ok(Status { uid: Ids::parse("Uid", uid)?, gid: Ids::parse("Gid", gid)?, vm_rss_kib, threads, ns_pid })
     }
 }
 
@@ -406,11 +422,11 @@ mod tests {
 
     use super::*;
 
-    /// A stat line for `comm` with state S, ppid 900, utime 7, stime 3,
+    /// A stat line for `comm` with state S, ppid 900, session 1233, utime 7, stime 3,
     /// start time 4242, and the real kernel's trailing fields.
     fn stat_line(comm: &str) -> String {
         format!(
-            "1234 ({comm}) S 900 1234 1234 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 4242 1234567 89 18446744073709551615 0 0\n"
+            "1234 ({comm}) S 900 1234 1233 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 1 0 4242 1234567 89 18446744073709551615 0 0\n"
         )
     }
 
@@ -420,7 +436,16 @@ mod tests {
             let s = Stat::parse(&stat_line(comm)).unwrap_or_else(|e| panic!("{comm:?}: {e}"));
             assert_eq!(
                 s,
-                Stat { pid: 1234, comm: comm.to_string(), state: 'S', ppid: 900, utime: 7, stime: 3, start_time: 4242 },
+                Stat {
+                    pid: 1234,
+                    comm: comm.to_string(),
+                    state: 'S',
+                    ppid: 900,
+                    session: 1233,
+                    utime: 7,
+                    stime: 3,
+                    start_time: 4242
+                },
                 "{comm:?}"
             );
         }
@@ -437,7 +462,8 @@ mod tests {
             ("7 )a( R 3", missing("comm")),
             ("7 (a)", missing("state")),
             ("7 (a) R", missing("ppid")),
-            ("1001 (x) S 900 1", missing("utime")),
+            ("1001 (x) S 900 1", missing("session")),
+            ("1001 (x) S 900 1 1", missing("utime")),
             ("1 (x) S 0 0 0 0 0 0 0 0 0 0 5", missing("stime")),
             ("1 (x) S 0 0 0 0 0 0 0 0 0 0 5 6 0 0 0 0 0", missing("start_time")),
         ];
@@ -464,6 +490,7 @@ mod tests {
             (with_field(4, "x"), invalid("ppid", "x")),
             (with_field(4, "-1"), invalid("ppid", "-1")),
             (with_field(4, "99999999999"), invalid("ppid", "99999999999")),
+            (with_field(6, "s"), invalid("session", "s")),
             (with_field(14, "u"), invalid("utime", "u")),
             (with_field(15, "1e3"), invalid("stime", "1e3")),
             (with_field(22, "9.5"), invalid("start_time", "9.5")),
@@ -484,6 +511,13 @@ mod tests {
         assert_eq!(s.uid, Ids { real: 1000, effective: 0, saved: 2, filesystem: 3 });
         assert_eq!(s.gid, Ids { real: 10, effective: 11, saved: 12, filesystem: 13 });
         assert_eq!(s.vm_rss_kib, Some(1234));
+        assert_eq!(s.ns_pid, None, "no NSpid line");
+        // In a nested pid namespace, the innermost pid is the last.
+        let s = Status::parse("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nNSpid:\t4711\t12\t1\n").unwrap();
+        assert_eq!(s.ns_pid, Some(1));
+        let s = Status::parse("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nNSpid:\t4711\n").unwrap();
+        assert_eq!(s.ns_pid, Some(4711));
+        assert_eq!(Status::parse("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nNSpid:\t\n").unwrap_err(), missing("NSpid"));
         // A kernel thread: no VmRSS.
         let s = Status::parse("Name:\tkthreadd\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n").unwrap();
         assert_eq!(s.vm_rss_kib, None);

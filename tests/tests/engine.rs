@@ -676,6 +676,100 @@ fn auto_allow_owner_does_not_follow_a_reused_pid() {
     panic!("could not get pid {pid} again in 200 tries (a busy machine); the test needs it to check pid reuse");
 }
 
+/// Waits until `path` has `n` lines (at most 10 s) and returns them.
+fn lines_of(path: &Path, n: usize) -> Vec<String> {
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(std::time::Instant::now() < end, "{} has {} of {n} lines: {text:?}", path.display(), lines.len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The owner is a container's init (pid 1 of its own pid namespace, leader
+/// of its own session, as runc starts it). A process that enters the
+/// namespace from outside (as `kubectl exec` and `nsenter` do) and leaves
+/// an orphan behind makes the owner that orphan's parent: it must still be
+/// denied. The owner's own children, and their orphans, stay allowed.
+#[test]
+#[ignore = "needs root"]
+fn auto_allow_owner_does_not_adopt_orphans_from_outside() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Stdio;
+    let fx = Fx::new(Backend::IoUring);
+    write(fx.p("own/f"), "x");
+    let probe_bin = janus_tests::probe_bin();
+    let probe_bin = probe_bin.to_str().unwrap();
+    let f = fx.p("own/f");
+    let f = f.to_str().unwrap();
+    // `unshare -f` forks the namespace's init; `setsid` makes it a session
+    // leader without forking again (it is not a group leader).
+    let mut unshare = Command::new("unshare")
+        .args(["--pid", "--fork", "--kill-child", "setsid", probe_bin, "serve"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn unshare (util-linux)");
+    let mut out = BufReader::new(unshare.stdout.take().unwrap());
+    let mut hello = String::new();
+    out.read_line(&mut hello).unwrap();
+    assert_eq!(hello.trim(), "pid 1", "the owner must be its namespace's init");
+    let (mut stdin, unshare_pid) = (unshare.stdin.take().unwrap(), unshare.id());
+    let mut ask = |line: &str| {
+        writeln!(stdin, "{line}").unwrap();
+        let mut answer = String::new();
+        out.read_line(&mut answer).unwrap();
+        answer.trim().to_string()
+    };
+    let proc = janus_procfs::ProcFs::default();
+    let owner = proc
+        .pids()
+        .unwrap()
+        .filter_map(|p| p.ok())
+        .find(|&p| proc.stat(p).is_ok_and(|s| s.ppid == unshare_pid))
+        .expect("the owner (child of unshare)");
+    let st = proc.stat(owner).unwrap();
+    assert_eq!(st.session, owner, "the owner must lead its session");
+    fx.apply_with("orphans", "  subjects:\n  - deny: [\"{D}/own\"]\n    autoAllowOwner: true\n", vec![owner]);
+    assert_eq!(ask(&format!("open {f}")), "ok", "the owner itself");
+    assert_eq!(ask(&format!("spawn-open {f}")), "ok", "a child of the owner");
+    let cmds = fx.p("cmds");
+    std::fs::write(&cmds, format!("whoami x\nopen {f}\n")).unwrap();
+    // An orphan of the owner's own tree: a child script of the owner leaves
+    // it behind; the owner adopts it, in the owner's session.
+    let (inside, script) = (fx.p("inside.out"), fx.p("orphan.sh"));
+    std::fs::write(
+        &script,
+        format!("#!/bin/sh\n( sleep 0.3; exec {probe_bin} serve < {} > {} ) &\n", cmds.display(), inside.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(ask(&format!("exec {}", script.display())), "ok");
+    // `serve` says "pid N" first.
+    let got = lines_of(&inside, 3);
+    assert!(got[1].ends_with("ppid=1"), "the orphan must have been adopted by the owner: {got:?}");
+    assert_eq!(got[2], "ok", "an orphan of the owner's own tree is the owner's");
+    // An orphan of a process that entered from outside.
+    let outside = fx.p("outside.out");
+    let st = Command::new("timeout")
+        .args(["20", "nsenter", "-t", &owner.to_string(), "-p", "--", "sh", "-c"])
+        .arg(format!("( sleep 0.3; exec {probe_bin} serve < {} > {} ) &", cmds.display(), outside.display()))
+        .status()
+        .expect("run nsenter (util-linux)");
+    assert!(st.success(), "nsenter: {st}");
+    let got = lines_of(&outside, 3);
+    assert!(got[1].ends_with("ppid=1"), "the orphan must have been adopted by the owner: {got:?}");
+    assert_eq!(got[2], "EPERM", "an orphan left by a process from outside must not pass as the owner's");
+    assert_eq!(probe("open", fx.p("own/f")), "EPERM", "a process outside the owner's tree");
+    drop(stdin);
+    unshare.wait().unwrap();
+}
+
 #[test]
 #[ignore = "needs root"]
 fn rule_paths_through_symlinks_are_guarded_inside_the_root() {
