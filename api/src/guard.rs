@@ -24,6 +24,8 @@ pub const MAX_PATHS: usize = 256;
 pub const MAX_PATH_LEN: usize = 4096;
 /// Most tags on one subject.
 pub const MAX_TAGS: usize = 32;
+/// Most executables in one subject's `allowProcesses`.
+pub const MAX_PROCESSES: usize = 32;
 /// Longest `logFormat`.
 pub const MAX_LOG_FORMAT_LEN: usize = 1024;
 
@@ -102,6 +104,13 @@ pub struct GuardSpec {
             .message("autoAllowOwner only changes deny rules; this subject has none")
     )
 )]
+#[cfg_attr(
+    feature = "kube",
+    x_kube(
+        validation = Rule::new("!has(self.allowProcesses) || size(self.allowProcesses) == 0 || (has(self.deny) && size(self.deny) > 0)")
+            .message("allowProcesses only changes deny rules; this subject has none")
+    )
+)]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Subject {
@@ -130,6 +139,15 @@ pub struct Subject {
     /// The container's main process and its descendants are always allowed.
     #[serde(default, skip_serializing_if = "is_false")]
     pub auto_allow_owner: bool,
+    /// Executables (absolute paths inside the container, no patterns) whose
+    /// processes the deny rules do not apply to. A process counts by the
+    /// file it runs (its inode, found at apply time), not by its name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(
+        feature = "kube",
+        schemars(length(max = 32), inner(length(min = 1, max = 4096), regex(pattern = EXECUTABLE_PATTERN)))
+    )]
+    pub allow_processes: Vec<String>,
     /// Also log allowed events.
     #[serde(default, skip_serializing_if = "is_false")]
     pub audit: bool,
@@ -271,6 +289,11 @@ pub struct LabelSelectorRequirement {
     pub values: Vec<String>,
 }
 
+/// What an `allowProcesses` entry looks like: an absolute path without
+/// patterns, `.` or `..` components (the API server's check; [`Subject::validate`] says
+/// why, and a test checks that both accept the same strings).
+pub const EXECUTABLE_PATTERN: &str = r"^(?:/+(?:[^/*.]|\.[^/*.]|\.\.[^/*])[^/*]*)+$";
+
 /// The path syntax [`Pattern::parse`] accepts, as a regular expression the
 /// API server checks at no CEL cost: absolute; no `.` or `..` components;
 /// `**` only as a whole component. Components: `*`, `**`, or names where
@@ -360,6 +383,18 @@ impl Subject {
                 validate_path(path).map_err(|reason| FieldError::new(format!("{list}[{j}]"), reason))?;
             }
         }
+        if !self.allow_processes.is_empty() && self.deny.is_empty() {
+            return Err(FieldError::new("allowProcesses", "only changes deny rules; this subject has none"));
+        }
+        if limits && self.allow_processes.len() > MAX_PROCESSES {
+            return Err(FieldError::new(
+                "allowProcesses",
+                format!("{} executables; at most {MAX_PROCESSES} are allowed", self.allow_processes.len()),
+            ));
+        }
+        for (j, exe) in self.allow_processes.iter().enumerate() {
+            validate_executable(exe).map_err(|reason| FieldError::new(format!("allowProcesses[{j}]"), reason))?;
+        }
         if limits && self.events.len() > EventName::ALL.len() {
             return Err(FieldError::new("events", format!("{} events; at most 4 are allowed", self.events.len())));
         }
@@ -385,6 +420,29 @@ fn validate_path(path: &str) -> Result<(), String> {
         Ok(_) => Ok(()),
         Err(PatternError(reason)) => Err(format!("{path:?}: {reason}")),
     }
+}
+
+/// Why an `allowProcesses` entry is rejected: it must name one file.
+fn validate_executable(path: &str) -> Result<(), String> {
+    if path.len() > MAX_PATH_LEN {
+        return Err(format!("longer than {MAX_PATH_LEN} bytes"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{path:?}: contains a NUL byte"));
+    }
+    if !path.starts_with('/') {
+        return Err(format!("{path:?}: must be an absolute path"));
+    }
+    if path.contains('*') {
+        return Err(format!("{path:?}: patterns are not allowed here; name the executable's path"));
+    }
+    if path.ends_with('/') {
+        return Err(format!("{path:?}: names a directory; name the executable's file"));
+    }
+    if path.split('/').any(|c| c == "." || c == "..") {
+        return Err(format!("{path:?}: must not contain . or .. components"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -493,5 +551,58 @@ mod tests {
             }
         }
         assert!(checked > 20_000);
+    }
+
+    /// The same for `allowProcesses` entries and [`validate_executable`].
+    #[test]
+    fn executable_pattern_agrees_with_the_validator() {
+        let rx = regex::Regex::new(EXECUTABLE_PATTERN).unwrap();
+        let alphabet = ['/', '.', '*', 'a'];
+        let mut accepted = 0;
+        for len in 1..=7u32 {
+            for n in 0..alphabet.len().pow(len) {
+                let mut s = String::new();
+                let mut k = n;
+                for _ in 0..len {
+                    s.push(alphabet[k % alphabet.len()]);
+                    k /= alphabet.len();
+                }
+                let ok = validate_executable(&s).is_ok();
+                assert_eq!(rx.is_match(&s), ok, "{s:?}");
+                accepted += ok as u32;
+            }
+        }
+        assert!(accepted > 400, "{accepted}");
+    }
+
+    #[test]
+    fn allow_processes_rules() {
+        let mut s = subject(&["/secret"]);
+        s.allow_processes = vec!["/usr/sbin/nginx".into(), "/bin/.hidden".into()];
+        assert!(spec(vec![s.clone()]).validate().is_ok());
+        let cases = [
+            ("usr/bin/x", "must be an absolute path"),
+            ("/usr/bin/*", "patterns are not allowed here"),
+            ("/usr/bin/", "names a directory"),
+            ("/usr/../bin/x", "must not contain . or .. components"),
+            ("/", "names a directory"),
+        ];
+        for (exe, why) in cases {
+            let mut bad = s.clone();
+            bad.allow_processes = vec!["/ok".into(), exe.into()];
+            let e = spec(vec![bad]).validate().unwrap_err();
+            assert_eq!(e.field, "subjects[0].allowProcesses[1]", "{exe}");
+            assert!(e.reason.contains(why), "{exe}: {}", e.reason);
+        }
+        let mut only_allow = Subject { allow: vec!["/a".into()], ..Default::default() };
+        only_allow.allow_processes = vec!["/bin/sh".into()];
+        assert_eq!(spec(vec![only_allow]).validate().unwrap_err().field, "subjects[0].allowProcesses");
+        let mut many = s.clone();
+        many.allow_processes = (0..33).map(|i| format!("/bin/p{i}")).collect();
+        assert!(spec(vec![many.clone()]).validate().unwrap_err().reason.contains("at most 32"));
+        assert!(spec(vec![many]).validate_without_limits().is_ok());
+        let g: GuardSpec =
+            serde_json::from_str(r#"{"subjects":[{"deny":["/s"],"allowProcesses":["/usr/sbin/nginx"]}]}"#).unwrap();
+        assert_eq!(g.subjects[0].allow_processes, ["/usr/sbin/nginx"]);
     }
 }

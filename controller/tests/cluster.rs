@@ -519,6 +519,21 @@ fn bad_guard_is_rejected_by_the_api_server() {
         .unwrap();
         let msg = c.guards().create(&PostParams::default(), &none).await.unwrap_err().to_string();
         assert!(msg.contains("at least one path in allow or deny"), "{msg}");
+        let guard = |name: &str, subject: &str| -> JanusGuard {
+            serde_norway::from_str(&format!(
+                "apiVersion: januscontroller.clustergarage.io/v1alpha1\nkind: JanusGuard\nmetadata: {{name: {name}}}\nspec:\n  selector: {{matchLabels: {{a: b}}}}\n  subjects:\n  - {subject}\n"
+            ))
+            .unwrap()
+        };
+        let pattern = guard("bad3", "{deny: [/s], allowProcesses: [/usr/bin/*]}");
+        let msg = c.guards().create(&PostParams::default(), &pattern).await.unwrap_err().to_string();
+        assert!(msg.contains("spec.subjects[0].allowProcesses[0]"), "{msg}");
+        let no_deny = guard("bad4", "{allow: [/a], allowProcesses: [/usr/sbin/nginx]}");
+        let msg = c.guards().create(&PostParams::default(), &no_deny).await.unwrap_err().to_string();
+        assert!(msg.contains("allowProcesses only changes deny rules"), "{msg}");
+        let good = guard("procs", "{deny: [/s], allowProcesses: [/usr/sbin/nginx, /bin/.x]}");
+        c.guards().create(&PostParams::default(), &good).await.expect("a valid allowProcesses must apply");
+        c.guards().delete("procs", &DeleteParams::default()).await.unwrap();
         let original = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/original-nginx-janus-guard.yaml")).unwrap();
         let g: JanusGuard = serde_norway::from_str(&original).unwrap();
         c.guards().create(&PostParams::default(), &g).await.expect("the original Janus example must apply unchanged");

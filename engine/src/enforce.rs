@@ -441,6 +441,9 @@ impl Decider {
                     Verdict::Deny if subject.auto_allow_owner && is_owned(ev.pid, &rt.owners) => {
                         (Outcome::Allow, subject.audit, Some(r))
                     }
+                    Verdict::Deny if runs_allowed_exe(ev.pid, &rt.exes[policy.rule(r).subject as usize]) => {
+                        (Outcome::Allow, subject.audit, Some(r))
+                    }
                     Verdict::Deny if policy.mode == Mode::Audit => (Outcome::WouldDeny, true, Some(r)),
                     Verdict::Deny => (Outcome::Deny, true, Some(r)),
                 }
@@ -571,6 +574,13 @@ fn is_dynamic_loader(exe: &str) -> bool {
     let name = exe.rsplit('/').next().unwrap_or(exe);
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     name == "ld.so" || name.starts_with("ld64.so") || (name.starts_with("ld-") && name.contains(".so"))
+}
+
+/// Whether process `pid` runs one of `exes` (`allowProcesses`), read now:
+/// the opener is blocked in its open, so its pid names it, and if another
+/// of its threads execs meanwhile, the kernel kills the opener first.
+fn runs_allowed_exe(pid: i32, exes: &[crate::root::ExeId]) -> bool {
+    !exes.is_empty() && crate::root::ExeId::of_process(pid as u32).is_some_and(|id| exes.contains(&id))
 }
 
 /// Whether `pid` is one of `owners` or descends from one. An ancestor with

@@ -185,6 +185,9 @@ pub(crate) struct Runtime {
     /// instance was applied: a later process that merely reuses an owner's
     /// pid is not the owner.
     pub owners: Vec<Owner>,
+    /// Per subject, the executables its `allowProcesses` names, as found
+    /// inside the root when the instance was applied.
+    pub exes: Vec<Vec<crate::root::ExeId>>,
     /// The permission group.
     pub perm: OwnedFd,
     pub counters: Counters,
@@ -244,7 +247,9 @@ impl Runtime {
         let perm = sys::fanotify::init(flags, event_flags)
             .map_err(|e| EngineError::io("fanotify_init (permission group)", e))?;
         let root_shown = shown_prefix(&target.root);
-        let (policy, root_notes) = crate::root::resolve_rules(&target.root, &root_shown, target.policy);
+        let (policy, mut root_notes) = crate::root::resolve_rules(&target.root, &root_shown, target.policy);
+        let (exes, exe_notes) = crate::root::resolve_executables(&target.root, &policy);
+        root_notes.extend(exe_notes);
         let guard = target.info.guard.clone();
         let counter = |kind: Kind, decision: &'static str| metrics::counter!(m::EVENTS, "guard" => guard.clone(), "event" => kind.as_str(), "decision" => decision);
         let events = Kind::ALL.map(|k| [counter(k, "allow"), counter(k, "deny"), counter(k, "would-deny")]);
@@ -258,6 +263,7 @@ impl Runtime {
             root: target.root,
             root_shown,
             owners: Owner::open_all(&target.owner_pids),
+            exes,
             perm,
             counters,
             rule_text,

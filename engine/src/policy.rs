@@ -52,6 +52,9 @@ impl Rule {
 pub struct SubjectOptions {
     /// Processes of the container's main process tree are always allowed.
     pub auto_allow_owner: bool,
+    /// Executables (paths inside the root) whose processes the deny rules
+    /// do not apply to; identified by inode per guard instance.
+    pub allow_processes: Arc<[String]>,
     /// Allowed events are logged too.
     pub audit: bool,
     /// Guard the whole mount.
@@ -157,6 +160,7 @@ impl Policy {
         for (si, subject) in spec.subjects.iter().enumerate() {
             subjects.push(SubjectOptions {
                 auto_allow_owner: subject.auto_allow_owner,
+                allow_processes: subject.allow_processes.iter().cloned().collect(),
                 audit: subject.audit,
                 mountpoint: subject.mountpoint,
                 tags: Arc::new(subject.tags.clone()),

@@ -22,15 +22,89 @@ use std::sync::Arc;
 use crate::policy::Policy;
 use crate::sys;
 
+/// One file, as `allowProcesses` identifies an executable: by inode (and
+/// birth time where the filesystem keeps one), never by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ExeId {
+    dev: u64,
+    ino: u64,
+    birth: u64,
+}
+
+impl ExeId {
+    /// The executable that process `pid` runs now (`/proc/<pid>/exe`,
+    /// opened `O_PATH`: no open event, no read).
+    pub fn of_process(pid: u32) -> Option<ExeId> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(format!("/proc/{pid}/exe"))
+            .ok()?;
+        ExeId::of_fd(&f.into())
+    }
+
+    fn of_fd(fd: &OwnedFd) -> Option<ExeId> {
+        use std::os::fd::AsRawFd;
+        let id = sys::file_id(fd.as_raw_fd()).ok()?;
+        id.is_file.then_some(ExeId { dev: id.dev, ino: id.ino, birth: id.birth })
+    }
+}
+
+/// The executables each subject's `allowProcesses` names, found inside
+/// `root` as the container would resolve them (symlinks followed inside
+/// the root, magic links refused), and notes for the report about those
+/// that allow nothing.
+pub(crate) fn resolve_executables(root: &Path, policy: &Policy) -> (Vec<Vec<ExeId>>, Vec<String>) {
+    let mut notes = Vec::new();
+    if policy.subjects.iter().all(|s| s.allow_processes.is_empty()) {
+        return (vec![Vec::new(); policy.subjects.len()], notes);
+    }
+    let rootfd = match open_root(root) {
+        Ok(fd) => fd,
+        Err(e) => {
+            notes.push(format!(
+                "cannot open the root {} to find allowProcesses: {e}; they allow nothing",
+                root.display()
+            ));
+            return (vec![Vec::new(); policy.subjects.len()], notes);
+        }
+    };
+    let exes = policy
+        .subjects
+        .iter()
+        .enumerate()
+        .map(|(si, subject)| {
+            let mut ids = Vec::new();
+            for (j, exe) in subject.allow_processes.iter().enumerate() {
+                let at = format!("subjects[{si}].allowProcesses[{j}] {exe}");
+                let found = CString::new(exe.trim_start_matches('/'))
+                    .map_err(|_| "holds a NUL byte".to_string())
+                    .and_then(|c| sys::openat2_in_root(rootfd.as_fd(), &c).map_err(|e| e.to_string()));
+                match found.map(|fd| ExeId::of_fd(&fd)) {
+                    Ok(Some(id)) => ids.push(id),
+                    Ok(None) => notes.push(format!("{at}: not a regular file inside the root; it allows nothing")),
+                    Err(e) => notes.push(format!("{at}: not found inside the root ({e}); it allows nothing")),
+                }
+            }
+            ids
+        })
+        .collect();
+    (exes, notes)
+}
+
+fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
+    Ok(std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(root)?
+        .into())
+}
+
 /// The policy to enforce under `root` (with aliases for rules whose paths
 /// pass through symlinks inside it) and what the report should say about it.
 pub(crate) fn resolve_rules(root: &Path, root_shown: &[u8], policy: Arc<Policy>) -> (Arc<Policy>, Vec<String>) {
-    let rootfd: OwnedFd = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
-        .open(root)
-    {
-        Ok(f) => f.into(),
+    let rootfd = match open_root(root) {
+        Ok(fd) => fd,
         Err(e) => return (policy, vec![format!("cannot open the root {} to resolve rule paths: {e}", root.display())]),
     };
     let mut aliases = Vec::new();

@@ -64,6 +64,7 @@ impl From<&Subject> for v1::Subject {
             event_kinds: s.events.iter().map(|e| v1::Event::from(*e) as i32).collect(),
             only_dir: s.only_dir,
             auto_allow_owner: s.auto_allow_owner,
+            allow_processes: s.allow_processes.clone(),
             audit: s.audit,
             tags: s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             mountpoint: s.mountpoint,
@@ -98,6 +99,7 @@ fn subject_from_wire(s: &v1::Subject) -> Result<Subject, FieldError> {
         events,
         only_dir: s.only_dir,
         auto_allow_owner: s.auto_allow_owner,
+        allow_processes: s.allow_processes.clone(),
         audit: s.audit,
         tags: s.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         mountpoint: s.mountpoint,
@@ -277,6 +279,7 @@ mod tests {
                 events: vec![EventName::Open, EventName::Exec],
                 tags: [("a".to_string(), "b".to_string())].into(),
                 auto_allow_owner: true,
+                allow_processes: vec!["/usr/sbin/nginx".into()],
                 ..Default::default()
             }],
             mode: Mode::Audit,

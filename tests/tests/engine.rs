@@ -770,6 +770,63 @@ fn auto_allow_owner_does_not_adopt_orphans_from_outside() {
     unshare.wait().unwrap();
 }
 
+/// `allowProcesses` lets a process through by the file it runs (its inode,
+/// found inside the root through symlinks there), never by its name: a copy
+/// with the same bytes and name, the loader running the allowed file, and
+/// every other process stay denied.
+#[test]
+#[ignore = "needs root"]
+fn allow_processes_by_executable_inode() {
+    use std::os::unix::fs::symlink;
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    assert!(Path::new(loader).exists(), "this test needs {loader} (x86_64 glibc)");
+    both(|b| {
+        let fx = Fx::new(b);
+        let root = fx.p("root");
+        write(root.join("secret/f"), "s");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::copy(janus_tests::probe_bin(), root.join("bin/tool")).unwrap();
+        std::fs::copy(janus_tests::probe_bin(), fx.p("tool")).unwrap();
+        std::fs::hard_link(root.join("bin/tool"), root.join("bin/same-inode")).unwrap();
+        // Absolute, resolved inside the root (on the host it names nothing).
+        symlink("/bin/tool", root.join("usr/bin/tool")).unwrap();
+        let f = root.join("secret/f");
+        let run = |exe: &Path| {
+            let out = Command::new("timeout").arg("20").arg(exe).arg("open").arg(&f).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let report = fx.apply_in(
+            "procs",
+            "  subjects:\n  - deny: [/secret]\n    allowProcesses: [/usr/bin/tool, /bin/missing]\n",
+            Vec::new(),
+            root.clone(),
+        );
+        assert!(
+            report.warnings.iter().any(|w| w.contains("allowProcesses[1] /bin/missing: not found inside the root")),
+            "{report:?}"
+        );
+        assert_eq!(run(&root.join("bin/tool")), "ok", "{b:?}: the allowed executable");
+        assert_eq!(run(&root.join("bin/same-inode")), "ok", "{b:?}: the same file by another name");
+        assert_eq!(run(&fx.p("tool")), "EPERM", "{b:?}: a copy of the allowed executable");
+        let renamed = fx.p("renamed");
+        std::fs::create_dir_all(renamed.join("usr/bin")).unwrap();
+        std::fs::copy(janus_tests::probe_bin(), renamed.join("usr/bin/tool")).unwrap();
+        assert_eq!(run(&renamed.join("usr/bin/tool")), "EPERM", "{b:?}: a copy under the allowed name");
+        let by_loader = Command::new("timeout")
+            .args(["20", loader])
+            .arg(root.join("bin/tool"))
+            .arg("open")
+            .arg(&f)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&by_loader.stdout).trim(), "EPERM", "{b:?}: the loader running it");
+        assert_eq!(probe("open", f.clone()), "EPERM", "{b:?}: any other process");
+        let r = fx.record_for(Path::new("/secret/f"));
+        assert_eq!(r.decision, "deny", "{r:?}");
+    });
+}
+
 #[test]
 #[ignore = "needs root"]
 fn rule_paths_through_symlinks_are_guarded_inside_the_root() {

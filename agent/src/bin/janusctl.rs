@@ -195,6 +195,12 @@ fn explain(file: &PathBuf, is_dir: bool, paths: &[String]) -> anyhow::Result<()>
                         if rule.verdict == Verdict::Deny && subject.auto_allow_owner {
                             why.push_str("; the container's own process tree is allowed (autoAllowOwner)");
                         }
+                        if rule.verdict == Verdict::Deny && !subject.allow_processes.is_empty() {
+                            why.push_str(&format!(
+                                "; processes running {} are allowed (allowProcesses)",
+                                subject.allow_processes.join(", ")
+                            ));
+                        }
                         if rule.verdict == Verdict::Deny && g.spec.mode == janus_api::Mode::Audit {
                             why.push_str("; Audit mode: logged as would-deny, allowed");
                         }
