@@ -82,7 +82,6 @@ fn apply_all(engine: &Engine, targets: Vec<GuardTarget>) -> anyhow::Result<()> {
         tracing::info!(
             guard = %id,
             marks = report.marks,
-            cached = report.cached,
             watched_dirs = report.watched_dirs,
             "guard enforced"
         );

@@ -67,11 +67,17 @@ pub(crate) struct Entry {
     pub decision: Decision,
 }
 
+/// The enforcement thread's name.
+pub(crate) const THREAD_NAME: &str = "janus-enforce";
+
 /// Decisions found by a walk (initial or watcher), for one instance.
 #[derive(Debug)]
 pub(crate) struct EntryBatch {
     pub serial: u64,
     pub entries: Vec<(FileKey, Entry)>,
+    /// Files (held `O_PATH`) whose cached allow, if any, is taken back: they
+    /// now need user space (`Walk::uncache`).
+    pub uncache: Vec<OwnedFd>,
 }
 
 enum Command {
@@ -123,9 +129,9 @@ impl Enforcer {
             .map_err(|e| EngineError::io("spawn group closer thread", e))?;
         let closer = closer_tx;
         let thread = std::thread::Builder::new()
-            .name("janus-enforce".into())
+            .name(THREAD_NAME.into())
             .spawn(move || {
-                abort_on_panic("janus-enforce", move || {
+                abort_on_panic(THREAD_NAME, move || {
                     let fail_every = crate::fault::faults().ring_push_fail_every;
                     let ring = match backend {
                         Some(Backend::Plain) => None,
@@ -341,11 +347,14 @@ struct Decider {
     procs: HashMap<i32, (crate::audit::ProcessInfo, Instant)>,
     queue: Queue,
     path: Vec<u8>,
+    /// The path read again after caching (see [`Decider::resolve`]).
+    recheck: Vec<u8>,
     batch_size: metrics::Histogram,
     latency: metrics::Histogram,
     overflows: metrics::Counter,
     stale: metrics::Counter,
     cache_inserts: metrics::Counter,
+    cache_takebacks: metrics::Counter,
 }
 
 impl Decider {
@@ -358,11 +367,13 @@ impl Decider {
             procs: HashMap::new(),
             queue,
             path: vec![0; libc::PATH_MAX as usize + 1],
+            recheck: vec![0; libc::PATH_MAX as usize + 1],
             batch_size: metrics::histogram!(m::BATCH_SIZE),
             latency: metrics::histogram!(m::DECISION_SECONDS),
             overflows: metrics::counter!(m::QUEUE_OVERFLOWS),
             stale: metrics::counter!(m::STALE_RESPONSES),
             cache_inserts: metrics::counter!(m::CACHE_INSERTS),
+            cache_takebacks: metrics::counter!(m::CACHE_TAKEBACKS, "why" => "renamed"),
         }
     }
 
@@ -527,7 +538,21 @@ impl Decider {
         let mut remember = !needs.is_empty() || !single_file;
         if single_file && !cacheable.is_empty() {
             if crate::marks::cache_allowed(rt.perm.as_fd(), cacheable.fan_mask(), fd).is_ok() {
-                self.cache_inserts.increment(1);
+                // Renamed or linked to another name while this was decided?
+                // Then the watcher's news of it may already have been
+                // handled, before the mark existed: look again now that it
+                // does, and take the cache back unless the name is the same.
+                // (Renamed after this look, the watcher's news comes after
+                // the mark and takes it back.)
+                let again = sys::fd_path(fd, &mut self.recheck).ok();
+                let nlink = sys::file_id(fd).map_or(0, |i| i.nlink);
+                if again.is_some_and(|n| self.recheck[..n] == self.path[..len]) && nlink == 1 {
+                    self.cache_inserts.increment(1);
+                } else {
+                    crate::marks::uncache(rt.perm.as_fd(), &event_fd_path(fd));
+                    self.cache_takebacks.increment(1);
+                    remember = true;
+                }
             } else {
                 remember = true;
             }
@@ -574,6 +599,12 @@ fn is_dynamic_loader(exe: &str) -> bool {
     let name = exe.rsplit('/').next().unwrap_or(exe);
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     name == "ld.so" || name.starts_with("ld64.so") || (name.starts_with("ld-") && name.contains(".so"))
+}
+
+/// `/proc/self/fd/N` of an event fd (the engine owns it until its response
+/// is sent).
+fn event_fd_path(fd: RawFd) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
 }
 
 /// Whether process `pid` runs one of `exes` (`allowProcesses`), read now:
@@ -696,6 +727,9 @@ impl Loop {
         let Some(slot) = self.slots.get_mut(&batch.serial) else {
             return;
         };
+        for fd in &batch.uncache {
+            crate::marks::uncache(slot.rt.perm.as_fd(), &sys::fd_magic_path(fd.as_fd()));
+        }
         for (key, entry) in batch.entries {
             let full = slot.map.len() >= MAX_ENTRIES;
             match slot.map.get_mut(&key) {
@@ -920,7 +954,12 @@ impl Loop {
                             pause = slot.read_failed(-c.result);
                         }
                         let retiring = slot.retiring.is_some();
-                        let rt = slot.rt.clone();
+                        // Only a write holds a reference past this point: a
+                        // clone dropped here after `finish_retire` below
+                        // released the slot's would be the last one, and
+                        // close the group on this thread (a deadlock, see
+                        // `release`).
+                        let rt = (!batch.responses.is_empty()).then(|| slot.rt.clone());
                         if !retiring {
                             if pause.is_zero() {
                                 self.arm_read(&mut ring, serial, c.buf, 0);
@@ -928,7 +967,7 @@ impl Loop {
                                 self.rearm.push(Rearm { serial, buf: c.buf, due: Instant::now() + pause, failures: 0 });
                             }
                         }
-                        if !batch.responses.is_empty() {
+                        if let Some(rt) = rt {
                             let responses = std::mem::take(&mut batch.responses);
                             let iov = std::mem::take(&mut batch.iov);
                             let fds = std::mem::take(&mut batch.fds);

@@ -5,7 +5,6 @@
 //! never disturbs another.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -107,8 +106,6 @@ pub struct GuardTarget {
 pub struct GuardReport {
     /// Permission marks placed (directories, denied files, mounts).
     pub marks: usize,
-    /// Allowed files cached in the kernel at start.
-    pub cached: usize,
     /// Directories watched for new entries.
     pub watched_dirs: usize,
     /// One directory per mount marked as a whole for file opens (the mount
@@ -174,6 +171,9 @@ pub(crate) struct Runtime {
     pub policy: Arc<Policy>,
     /// Host path of the guarded root.
     pub root: PathBuf,
+    /// The root, held open `O_PATH`: every path of the instance is resolved
+    /// from it, inside it (marks.rs).
+    pub rootfd: OwnedFd,
     /// Prefix that `readlink` of an event fd shows for the root; stripped to
     /// get the path as seen inside the root. Empty for `/`.
     pub root_shown: Vec<u8>,
@@ -246,6 +246,8 @@ impl Runtime {
         let event_flags = (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_LARGEFILE) as u32;
         let perm = sys::fanotify::init(flags, event_flags)
             .map_err(|e| EngineError::io("fanotify_init (permission group)", e))?;
+        let rootfd = crate::root::open_root(&target.root)
+            .map_err(|e| EngineError::io(format!("open the guard's root {}", target.root.display()), e))?;
         let root_shown = shown_prefix(&target.root);
         let (policy, mut root_notes) = crate::root::resolve_rules(&target.root, &root_shown, target.policy);
         let (exes, exe_notes) = crate::root::resolve_executables(&target.root, &policy);
@@ -261,6 +263,7 @@ impl Runtime {
             policy,
             root_notes,
             root: target.root,
+            rootfd,
             root_shown,
             owners: Owner::open_all(&target.owner_pids),
             exes,
@@ -269,16 +272,6 @@ impl Runtime {
             rule_text,
             mark_count: Default::default(),
         })
-    }
-
-    /// Host path of an in-root path.
-    pub fn host_path(&self, inner: &str) -> PathBuf {
-        self.root.join(inner.trim_start_matches('/'))
-    }
-
-    /// Host path as a C string (paths from the filesystem never hold NUL).
-    pub fn host_cpath(&self, inner: &str) -> Option<CString> {
-        CString::new(self.host_path(inner).as_os_str().as_bytes()).ok()
     }
 
     pub fn add_marks(&self, n: usize) {
@@ -290,6 +283,23 @@ impl Runtime {
 impl Drop for Runtime {
     fn drop(&mut self) {
         self.counters.marks.set(0.0);
+        // Never close a group on the enforcement thread (see
+        // `enforce::Loop::release`): the loop hands its last references to
+        // the closer thread; should one still end here, the group's last
+        // fd is closed on a thread of its own, and this close only drops a
+        // reference.
+        if std::thread::current().name() == Some(crate::enforce::THREAD_NAME) {
+            tracing::error!(guard = %self.info.guard, "guard instance dropped on the enforcement thread; closing its group elsewhere");
+            if let Ok(dup) = self.perm.try_clone() {
+                let closing = std::thread::Builder::new().name("janus-close-late".into()).spawn(move || drop(dup));
+                if let Err(e) = closing {
+                    tracing::error!(error = %e, "cannot start a thread to close the group; leaking it");
+                    // `dup` moved into the failed closure is gone; keep
+                    // ours open instead so this close cannot be the last.
+                    std::mem::forget(self.perm.try_clone());
+                }
+            }
+        }
     }
 }
 
@@ -416,7 +426,7 @@ impl Engine {
             }
         };
         let report = walk.report.clone();
-        self.enforcer.send_entries(EntryBatch { serial, entries: walk.entries })?;
+        self.enforcer.send_entries(EntryBatch { serial, entries: walk.entries, uncache: walk.uncache })?;
         self.watcher.add(serial, rt.clone(), notif, walk.dirs, walk.fs_roots)?;
         if let Some(old) = guards.insert(rt.id.clone(), serial) {
             self.watcher.remove(old)?;

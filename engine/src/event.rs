@@ -61,7 +61,7 @@ pub fn push_response(out: &mut Vec<u8>, fd: i32, allow: bool) {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirEntryInfo<'a> {
     /// `handle_type` (native-endian bytes) followed by the handle: the same
-    /// encoding as `sys::fanotify::handle_of`, so it can be a map key.
+    /// encoding as `sys::fanotify::handle_of_fd`, so it can be a map key.
     pub handle_type: i32,
     /// Opaque handle bytes of the parent directory.
     pub handle: &'a [u8],

@@ -8,14 +8,22 @@
 //! - every existing file whose decision is deny (or audited) gets its own
 //!   inode mark, so the same file reached by another name (hard link, bind
 //!   mount, `/proc/<pid>/root`) is still decided;
-//! - every existing file that is allowed unconditionally gets an *ignore*
-//!   mark: the kernel answers its opens without asking user space;
+//! - allowed files are cached in the kernel as *ignore* marks, placed by
+//!   the enforcement thread on the file's first open (through the event's
+//!   fd, evictable) and taken back by it too (see [`cache_allowed`]);
 //! - the mount holding every such directory is marked too (files only), so
 //!   a file created in a directory that is not marked yet (a new
 //!   subdirectory, a renamed one, a name the walk could not follow) still
 //!   reaches the engine on its first open; the engine decides it by path and
 //!   caches an allow in the kernel (an evictable ignore mark);
 //! - `mountpoint: true` rules mark the whole mount instead.
+//!
+//! Every object is reached from the instance's root fd with `openat2`
+//! (`RESOLVE_IN_ROOT`, no symlink followed at all: a walked path holds
+//! none, so one there now was swapped in), held open `O_PATH`, checked
+//! with `statx` on that fd, and marked through `/proc/self/fd/N`, which
+//! names exactly that object. Nothing outside the root can be marked or
+//! listed, whatever is renamed or swapped while the walk runs.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -23,6 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::enforce::{Entry, FileKey};
 use crate::engine::{EngineError, GuardReport, Runtime};
@@ -66,16 +75,44 @@ pub(crate) struct Walk {
     /// whole (`mountpoint: true`), for the watcher to reopen the
     /// directories its events name.
     pub fs_roots: Vec<OwnedFd>,
+    /// Files that now carry a permission mark (held `O_PATH`): an ignore
+    /// mark a previous name left on them is for the enforcement thread,
+    /// which owns the cache, to take back.
+    pub uncache: Vec<OwnedFd>,
     pub report: GuardReport,
 }
 
 struct FileRec {
-    host: CString,
     path: Arc<str>,
     decision: Decision,
     birth: u64,
-    is_file: bool,
-    nlink: u32,
+}
+
+/// An object of the instance's root, held open `O_PATH` (see the module
+/// docs) with the path that names exactly it.
+struct Held {
+    fd: OwnedFd,
+    magic: CString,
+}
+
+impl Held {
+    /// The object at in-root path `inner`, no symlink followed.
+    fn open(rt: &Runtime, inner: &str) -> std::io::Result<Held> {
+        let rel = inner.trim_start_matches('/');
+        let rel = CString::new(if rel.is_empty() { "." } else { rel })
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        let fd = sys::openat2_in_root_no_symlinks(rt.rootfd.as_fd(), &rel)?;
+        Ok(Held { magic: sys::fd_magic_path(fd.as_fd()), fd })
+    }
+
+    fn id(&self) -> std::io::Result<sys::FileId> {
+        use std::os::fd::AsRawFd;
+        sys::file_id(self.fd.as_raw_fd())
+    }
+
+    fn as_path(&self) -> &std::path::Path {
+        std::path::Path::new(std::ffi::OsStr::from_bytes(self.magic.as_bytes()))
+    }
 }
 
 pub(crate) struct Walker<'a> {
@@ -173,13 +210,13 @@ fn join(dir: &str, name: &str) -> String {
 /// The deepest ancestor-or-self of `path` that exists as a directory (or
 /// `path` itself if it exists at all).
 fn deepest_existing(rt: &Runtime, path: &str) -> String {
-    if std::fs::symlink_metadata(rt.host_path(path)).is_ok() {
+    if Held::open(rt, path).is_ok() {
         return path.to_string();
     }
     let mut p = path;
     loop {
         p = parent(p);
-        if p == "/" || rt.host_path(p).is_dir() {
+        if p == "/" || Held::open(rt, p).and_then(|h| h.id()).is_ok_and(|id| id.is_dir) {
             return p.to_string();
         }
     }
@@ -207,7 +244,8 @@ impl<'a> Walker<'a> {
     }
 
     fn mark_mount(&mut self, path: &str) -> Result<(), EngineError> {
-        let host = self.rt.host_cpath(path).ok_or_else(|| bad_path(path))?;
+        let held = Held::open(self.rt, path).map_err(|e| EngineError::io(format!("open {path} inside the root"), e))?;
+        let host = held.magic.clone();
         let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_ONDIR;
         self.perm_mark(libc::FAN_MARK_MOUNT, mask, &host)
             .map_err(|e| EngineError::io(format!("mark mount of {path}"), e))?;
@@ -222,7 +260,7 @@ impl<'a> Walker<'a> {
         let root = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
-            .open(self.rt.host_path(path));
+            .open(held.as_path());
         match (fanotify::mark(self.notif, flags, WATCH_MASK, None, Some(&host)), root) {
             (Ok(()), Ok(f)) => self.out.fs_roots.push(f.into()),
             (Err(e), _) | (_, Err(e)) => {
@@ -291,41 +329,47 @@ impl<'a> Walker<'a> {
     /// Walks directory `start` (in-root path) and everything below it that
     /// can need a decision, marking directories and collecting files.
     pub(crate) fn walk(&mut self, start: &str) -> Result<(), EngineError> {
-        let mut stack = vec![start.to_string()];
-        while let Some(dir) = stack.pop() {
+        // (in-root path, device of the parent directory).
+        let mut stack: Vec<(String, Option<u64>)> = vec![(start.to_string(), None)];
+        while let Some((dir, parent_dev)) = stack.pop() {
             if !self.rt.policy.needs_events_at_or_below(dir.as_bytes(), &mut self.scratch) {
                 continue;
             }
-            let Some(host) = self.rt.host_cpath(&dir) else {
+            // Gone, or a symlink swapped in since the parent was listed.
+            let Ok(held) = Held::open(self.rt, &dir) else {
                 continue;
             };
-            let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
+            let Ok(id) = held.id() else {
                 continue;
             };
             if !id.is_dir {
                 continue;
             }
+            if parent_dev.is_some_and(|d| d != id.dev) && is_pseudo_fs(&held.fd) {
+                continue;
+            }
+            let host = &held.magic;
             if self.layer_of(&dir).is_some() {
                 // Its mount may be marked: the overlay reaches its layers
                 // through private clones of their mounts, which that mark
                 // does not see. Direct opens of its files are decided by path.
-                self.mark_mount_of(&dir, &host, id.mnt_id)?;
+                self.mark_mount_of(&dir, host, id.mnt_id)?;
                 continue;
             }
             self.count(&dir)?;
             let ondir = if self.parents_a_layer(&dir) { 0 } else { libc::FAN_ONDIR };
             let mask = self.rt.policy.kinds.fan_mask() | libc::FAN_EVENT_ON_CHILD | ondir;
-            self.perm_mark(0, mask, &host).map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
+            self.perm_mark(0, mask, host).map_err(|e| EngineError::io(format!("mark directory {dir}"), e))?;
             self.out.report.marks += 1;
             self.rt.add_marks(1);
-            self.mark_mount_of(&dir, &host, id.mnt_id)?;
-            self.watch_dir(&dir, &host);
+            self.mark_mount_of(&dir, host, id.mnt_id)?;
+            self.watch_dir(&dir, &held);
             let path: Arc<str> = Arc::from(dir.as_str());
             let decision = self.rt.policy.decide(dir.as_bytes(), true, &mut self.scratch);
             self.out
                 .entries
                 .push((FileKey { dev: id.dev, ino: id.ino }, Entry { path, birth: id.birth, is_dir: true, decision }));
-            let entries = match std::fs::read_dir(self.rt.host_path(&dir)) {
+            let entries = match std::fs::read_dir(held.as_path()) {
                 Ok(e) => e,
                 Err(e) => {
                     self.out.report.warnings.push(format!("cannot list {dir}: {e}"));
@@ -341,18 +385,13 @@ impl<'a> Walker<'a> {
                 };
                 let child = join(&dir, name);
                 if ft.is_dir() {
-                    let child_host = entry.path();
-                    if let Ok(cid) = CString::new(child_host.as_os_str().as_bytes())
-                        .map_err(|_| ())
-                        .and_then(|c| sys::statx_at(libc::AT_FDCWD, &c, libc::AT_SYMLINK_NOFOLLOW).map_err(|_| ()))
-                        && cid.dev != id.dev
-                        && is_pseudo_fs(&child_host)
-                    {
-                        continue;
-                    }
-                    stack.push(child);
+                    stack.push((child, Some(id.dev)));
                 } else if !ft.is_symlink() {
-                    self.collect_file(&child)?;
+                    use std::os::fd::AsRawFd;
+                    let Ok(cname) = CString::new(name) else { continue };
+                    if let Ok(fid) = sys::statx_at(held.fd.as_raw_fd(), &cname, libc::AT_SYMLINK_NOFOLLOW) {
+                        self.collect_file(&child, fid)?;
+                    }
                 }
             }
         }
@@ -371,13 +410,13 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
-    fn watch_dir(&mut self, dir: &str, host: &CString) {
-        if let Err(e) = fanotify::mark(self.notif, libc::FAN_MARK_ADD, WATCH_MASK, None, Some(host)) {
+    fn watch_dir(&mut self, dir: &str, held: &Held) {
+        if let Err(e) = fanotify::mark(self.notif, libc::FAN_MARK_ADD, WATCH_MASK, None, Some(&held.magic)) {
             self.out.report.warnings.push(format!("new entries in {dir} will not be noticed: {e}"));
             metrics::counter!(crate::metrics::ERRORS, "op" => "watch").increment(1);
             return;
         }
-        match fanotify::handle_of(self.notif, host, &mut self.handle) {
+        match fanotify::handle_of_fd(held.fd.as_fd(), &mut self.handle) {
             Ok(()) => {
                 self.out.dirs.push((self.handle.clone(), Arc::from(dir)));
                 self.out.report.watched_dirs += 1;
@@ -386,62 +425,47 @@ impl<'a> Walker<'a> {
         }
     }
 
-    /// Records a file's decision; a file seen under several names keeps the
-    /// strictest decision per kind (deny wins).
-    pub(crate) fn collect_file(&mut self, path: &str) -> Result<(), EngineError> {
+    /// Records the decision of file `path` (`id` from `statx` of it); a
+    /// file seen under several names keeps the strictest decision per kind
+    /// (deny wins).
+    pub(crate) fn collect_file(&mut self, path: &str, id: sys::FileId) -> Result<(), EngineError> {
         self.count(path)?;
-        let Some(host) = self.rt.host_cpath(path) else {
-            return Ok(());
-        };
-        let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
-            return Ok(());
-        };
         let decision = self.rt.policy.decide(path.as_bytes(), false, &mut self.scratch);
         let key = FileKey { dev: id.dev, ino: id.ino };
         match self.files.get_mut(&key) {
             Some(rec) => rec.decision = merge_deny_wins(&self.rt.policy, rec.decision, decision),
             None => {
-                self.files.insert(
-                    key,
-                    FileRec {
-                        host,
-                        path: Arc::from(path),
-                        decision,
-                        birth: id.birth,
-                        is_file: id.is_file,
-                        nlink: id.nlink,
-                    },
-                );
+                self.files.insert(key, FileRec { path: Arc::from(path), decision, birth: id.birth });
             }
         }
         Ok(())
     }
 
-    /// Places the marks for collected files.
+    /// Places the marks for collected files that need user space (denied,
+    /// audited), each on the object found again at its path and checked to
+    /// be the one decided, and hands their decisions to the enforcement
+    /// thread. Allowed files get neither: their first open is decided by
+    /// path and cached in the kernel then, by the enforcement thread.
     pub(crate) fn finish(&mut self) -> Result<(), EngineError> {
         let policy = &self.rt.policy;
         for (key, rec) in self.files.drain() {
-            let (needs, cacheable) = classify(policy, &rec.decision);
-            if !needs.is_empty() {
-                // Drop an ignore mark a previous name may have left.
-                let _ = fanotify::mark(
-                    self.rt.perm.as_fd(),
-                    libc::FAN_MARK_REMOVE | libc::FAN_MARK_IGNORED_MASK,
-                    KindSet::ALL.fan_mask(),
-                    None,
-                    Some(&rec.host),
-                );
-                fanotify::mark(self.rt.perm.as_fd(), libc::FAN_MARK_ADD, needs.fan_mask(), None, Some(&rec.host))
+            let (needs, _) = classify(policy, &rec.decision);
+            if needs.is_empty() {
+                continue;
+            }
+            let held = Held::open(self.rt, &rec.path).ok().filter(|h| {
+                h.id().is_ok_and(|id| FileKey { dev: id.dev, ino: id.ino } == key && id.birth == rec.birth)
+            });
+            // Renamed or replaced since it was listed: the object now
+            // there is decided on its first open (its directory or mount
+            // is marked); the decided inode keeps its entry below, and
+            // the watcher reports the name it moved to.
+            if let Some(held) = held {
+                fanotify::mark(self.rt.perm.as_fd(), libc::FAN_MARK_ADD, needs.fan_mask(), None, Some(&held.magic))
                     .map_err(|e| EngineError::io(format!("mark file {}", rec.path), e))?;
                 self.out.report.marks += 1;
                 self.rt.add_marks(1);
-            } else if rec.is_file && rec.nlink == 1 && !cacheable.is_empty() {
-                // Only files with a single name are cached: another name may
-                // carry a stricter decision this walk did not see.
-                let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
-                if fanotify::mark(self.rt.perm.as_fd(), flags, cacheable.fan_mask(), None, Some(&rec.host)).is_ok() {
-                    self.out.report.cached += 1;
-                }
+                self.out.uncache.push(held.fd);
             }
             self.out
                 .entries
@@ -451,18 +475,48 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Whether ignore marks are asked for the old way (`FAN_MARK_IGNORED_MASK`):
+/// set once a kernel refuses `FAN_MARK_IGNORE` (before 6.0).
+static LEGACY_IGNORE: AtomicBool = AtomicBool::new(false);
+
+/// The ignore-mark flag this kernel takes. `FAN_MARK_IGNORE` without
+/// `FAN_ONDIR` or `FAN_EVENT_ON_CHILD` ignores events on the object itself
+/// only, and the kernel refuses it on a directory (`EISDIR`): an ignore
+/// mark can never silence a directory's children. (Both kinds on one mark
+/// are refused, `EEXIST`, so every ignore mark uses the same one.)
+fn ignore_flag() -> u32 {
+    if LEGACY_IGNORE.load(Ordering::Relaxed) { libc::FAN_MARK_IGNORED_MASK } else { libc::FAN_MARK_IGNORE }
+}
+
 /// Caches an allow for the open file `fd` in the kernel: an ignore mark that
 /// survives modification and, where the kernel has it (5.19+), is evictable,
 /// so the cache pins no inodes and is dropped harmlessly under memory
-/// pressure (the next open is then decided again). Fails with `EEXIST` when
-/// the inode already carries a non-evictable mark of the group; the caller
-/// then remembers the decision itself.
+/// pressure (the next open is then decided again). Only the enforcement
+/// thread calls this and [`uncache`], so adding and taking back a cached
+/// allow are ordered. Fails with `EEXIST` when the inode already carries a
+/// non-evictable mark of the group, and `EISDIR` for a directory; the
+/// caller then remembers the decision itself.
 pub(crate) fn cache_allowed(group: BorrowedFd<'_>, mask: u64, fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_MASK | libc::FAN_MARK_IGNORED_SURV_MODIFY;
-    match fanotify::mark_raw_fd(group, flags | libc::FAN_MARK_EVICTABLE, mask, fd) {
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => fanotify::mark_raw_fd(group, flags, mask, fd),
-        r => r,
+    let mut evictable = libc::FAN_MARK_EVICTABLE;
+    loop {
+        let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_SURV_MODIFY | ignore_flag() | evictable;
+        match fanotify::mark_raw_fd(group, flags, mask, fd) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !LEGACY_IGNORE.load(Ordering::Relaxed) => {
+                tracing::info!("this kernel has no FAN_MARK_IGNORE (6.0+); using FAN_MARK_IGNORED_MASK");
+                LEGACY_IGNORE.store(true, Ordering::Relaxed);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && evictable != 0 => evictable = 0,
+            r => return r,
+        }
     }
+}
+
+/// Takes back a cached allow from the object `path` names (the file's fd
+/// as [`sys::fd_magic_path`], or the event fd's): no ignore mark there is
+/// fine.
+pub(crate) fn uncache(group: BorrowedFd<'_>, path: &std::ffi::CStr) {
+    let flags = libc::FAN_MARK_REMOVE | ignore_flag();
+    let _ = fanotify::mark(group, flags, KindSet::ALL.fan_mask(), None, Some(path));
 }
 
 /// Kinds that need user space for this object (deny or audited), and kinds
@@ -510,18 +564,9 @@ pub(crate) fn merge_deny_wins(policy: &crate::policy::Policy, a: Decision, b: De
     out
 }
 
-fn is_pseudo_fs(path: &std::path::Path) -> bool {
-    match std::fs::File::open(path) {
-        Ok(f) => {
-            use std::os::fd::AsRawFd;
-            sys::fs_magic(f.as_raw_fd()).map(|m| SKIP_FS.contains(&m)).unwrap_or(false)
-        }
-        Err(_) => false,
-    }
-}
-
-fn bad_path(path: &str) -> EngineError {
-    EngineError::io(format!("path {path:?}"), std::io::Error::from(std::io::ErrorKind::InvalidInput))
+fn is_pseudo_fs(fd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    sys::fs_magic(fd.as_raw_fd()).map(|m| SKIP_FS.contains(&m)).unwrap_or(false)
 }
 
 /// What the watcher does with a new entry `name` in watched directory `dir`.
@@ -534,16 +579,14 @@ pub(crate) fn on_new_entry(
 ) -> Result<Walk, EngineError> {
     let mut w = Walker::new(rt, notif, max);
     let path = join(dir, name);
-    let Some(host) = rt.host_cpath(&path) else {
-        return Ok(w.out);
-    };
-    let Ok(id) = sys::statx_at(libc::AT_FDCWD, &host, libc::AT_SYMLINK_NOFOLLOW) else {
+    // A symlink (or gone again): nothing to mark.
+    let Ok(id) = Held::open(rt, &path).and_then(|h| h.id()) else {
         return Ok(w.out);
     };
     if id.is_dir {
         w.walk(&path)?;
     } else {
-        w.collect_file(&path)?;
+        w.collect_file(&path, id)?;
     }
     w.finish()?;
     Ok(w.out)

@@ -23,6 +23,9 @@ pub const GUARDS_ACTIVE: &str = "janus_guards_active";
 pub const MARKS_ACTIVE: &str = "janus_marks_active";
 /// Allowed inodes cached in the kernel with ignore marks (counter).
 pub const CACHE_INSERTS: &str = "janus_decision_cache_inserts_total";
+/// Cached allows taken back at once because the file's name changed while
+/// it was decided (counter, label `why`).
+pub const CACHE_TAKEBACKS: &str = "janus_decision_cache_takebacks_total";
 /// Which event loop runs: `backend` label `io_uring` or `plain` (gauge, 1).
 pub const BACKEND: &str = "janus_backend_info";
 /// Errors while marking or handling new directories, by `op` (counter).
@@ -56,6 +59,10 @@ pub fn describe() {
     describe_gauge!(GUARDS_ACTIVE, "Guard instances being enforced.");
     describe_gauge!(MARKS_ACTIVE, "fanotify marks held, by guard.");
     describe_counter!(CACHE_INSERTS, "Allowed inodes cached in the kernel with ignore marks.");
+    describe_counter!(
+        CACHE_TAKEBACKS,
+        "Cached allows taken back because the file was renamed or linked while decided."
+    );
     describe_gauge!(BACKEND, "Event loop backend in use (label backend).");
     describe_counter!(ERRORS, "Errors while marking, by operation.");
     describe_counter!(READ_ERRORS, "Failed reads of a permission group, by errno.");

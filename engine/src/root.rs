@@ -92,7 +92,8 @@ pub(crate) fn resolve_executables(root: &Path, policy: &Policy) -> (Vec<Vec<ExeI
     (exes, notes)
 }
 
-fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
+/// `root`, opened `O_PATH` as the directory paths are resolved from.
+pub(crate) fn open_root(root: &Path) -> std::io::Result<OwnedFd> {
     Ok(std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)

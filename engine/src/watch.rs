@@ -164,8 +164,12 @@ fn run(rx: Receiver<Command>, wake: Arc<OwnedFd>, entries: EntrySender, heartbea
                 match marks::on_new_entry(&set.rt, set.notif.as_fd(), &dir, &name, MAX_NEW_WALK) {
                     Ok(walk) => {
                         set.dirs.extend(walk.dirs);
-                        if !walk.entries.is_empty() {
-                            let _ = entries.send(EntryBatch { serial: *serial, entries: walk.entries });
+                        if !walk.entries.is_empty() || !walk.uncache.is_empty() {
+                            let _ = entries.send(EntryBatch {
+                                serial: *serial,
+                                entries: walk.entries,
+                                uncache: walk.uncache,
+                            });
                         }
                     }
                     Err(e) => {

@@ -68,8 +68,6 @@ pub struct Ready {
     pub backend: String,
     /// Permission marks placed.
     pub marks: usize,
-    /// Files cached in the kernel at apply.
-    pub cached: usize,
     /// Time to place the marks (engine: compile + apply), ms.
     pub setup_ms: f64,
 }
@@ -132,7 +130,7 @@ fn serve_reference(opts: &ListenerOpts) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let ready = Ready { backend: "reference".into(), marks: 1, cached: 0, setup_ms: t0.elapsed().as_secs_f64() * 1e3 };
+    let ready = Ready { backend: "reference".into(), marks: 1, setup_ms: t0.elapsed().as_secs_f64() * 1e3 };
     let cpu0 = procfs::CpuSample::now()?;
     say("ready", &ready)?;
     wait_for_eof();
@@ -175,7 +173,6 @@ fn serve_engine(opts: &ListenerOpts) -> anyhow::Result<()> {
             })
             .context("apply guard")?;
         ready.marks += report.marks;
-        ready.cached += report.cached;
     }
     ready.setup_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cpu0 = procfs::CpuSample::now()?;

@@ -21,7 +21,7 @@
 
 mod parse;
 
-pub use parse::{CgroupLine, FdInfo, Ids, Mount, ParseError, Schedstat, Stat, Status};
+pub use parse::{CgroupLine, FdInfo, Ids, InodeMark, Mount, ParseError, Schedstat, Stat, Status};
 
 use std::fmt;
 use std::fs;

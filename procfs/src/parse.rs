@@ -385,22 +385,51 @@ pub struct FdInfo {
     /// For a fanotify group: the inode numbers it has inode marks on (the
     /// `fanotify ino:<hex>` lines). Empty for any other fd.
     pub fanotify_inodes: Vec<u64>,
+    /// The same inode marks with their flags and masks.
+    pub fanotify_marks: Vec<InodeMark>,
+}
+
+/// One `fanotify ino:` line of a group's fdinfo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InodeMark {
+    /// Inode number.
+    pub ino: u64,
+    /// `mflags`: `FAN_MARK_*` flags the mark was made with (evictable,
+    /// ignored-survive-modify, `FAN_MARK_IGNORE` style ignore flags).
+    pub mflags: u64,
+    /// Events the mark asks for.
+    pub mask: u64,
+    /// Events the mark ignores.
+    pub ignored_mask: u64,
 }
 
 impl FdInfo {
     /// Parses the file.
     pub fn parse(text: &str) -> Result<FdInfo, ParseError> {
         let mut fanotify_inodes = Vec::new();
+        let mut fanotify_marks = Vec::new();
+        let hex = |field: &'static str, v: &str| {
+            u64::from_str_radix(v, 16).map_err(|_| ParseError::Invalid { field, value: v.to_string() })
+        };
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("fanotify ino:") {
                 let field = "fanotify ino";
-                let hex = rest.split_ascii_whitespace().next().ok_or(missing(field))?;
-                let ino =
-                    u64::from_str_radix(hex, 16).map_err(|_| ParseError::Invalid { field, value: hex.to_string() })?;
+                let mut words = rest.split_ascii_whitespace();
+                let ino = hex(field, words.next().ok_or(missing(field))?)?;
+                let mut mark = InodeMark { ino, ..Default::default() };
+                for w in words {
+                    match w.split_once(':') {
+                        Some(("mflags", v)) => mark.mflags = hex("mflags", v)?,
+                        Some(("mask", v)) => mark.mask = hex("mask", v)?,
+                        Some(("ignored_mask", v)) => mark.ignored_mask = hex("ignored_mask", v)?,
+                        _ => {}
+                    }
+                }
                 fanotify_inodes.push(ino);
+                fanotify_marks.push(mark);
             }
         }
-        Ok(FdInfo { fanotify_inodes })
+        Ok(FdInfo { fanotify_inodes, fanotify_marks })
     }
 }
 
@@ -623,7 +652,21 @@ mod tests {
                     fanotify ino:4f969 sdev:800013 mflags:0 mask:3b ignored_mask:40000000 fhandle-bytes:8\n\
                     fanotify mnt_id:20 mflags:0 mask:3b ignored_mask:0\n\
                     fanotify ino:a sdev:800013 mflags:0 mask:1\n";
-        assert_eq!(FdInfo::parse(text).unwrap().fanotify_inodes, [0x4f969, 0xa]);
+        let info = FdInfo::parse(text).unwrap();
+        assert_eq!(info.fanotify_inodes, [0x4f969, 0xa]);
+        assert_eq!(
+            info.fanotify_marks,
+            [
+                InodeMark { ino: 0x4f969, mflags: 0, mask: 0x3b, ignored_mask: 0x4000_0000 },
+                InodeMark { ino: 0xa, mflags: 0, mask: 1, ignored_mask: 0 }
+            ]
+        );
+        let evictable = FdInfo::parse("fanotify ino:b sdev:1 mflags:620 mask:0 ignored_mask:10020\n").unwrap();
+        assert_eq!(evictable.fanotify_marks[0].mflags, 0x620);
+        assert_eq!(
+            FdInfo::parse("fanotify ino:b sdev:1 mflags:x\n").unwrap_err(),
+            ParseError::Invalid { field: "mflags", value: "x".into() }
+        );
         assert_eq!(FdInfo::parse("pos:\t0\nflags:\t02\n").unwrap(), FdInfo::default());
         assert_eq!(
             FdInfo::parse("fanotify ino:zz sdev:1\n").unwrap_err(),

@@ -60,10 +60,14 @@ struct Handle {
     data: [u8; MAX],
 }
 
-/// Encodes the file handle of `path` relative to `dirfd` (as fanotify
-/// reports it with `FAN_REPORT_DFID_NAME`): `handle_type` (native endian)
-/// followed by the handle bytes.
-pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::Result<()> {
+/// Encodes the file handle of the object `fd` holds (an `O_PATH` fd will
+/// do), as fanotify reports it with `FAN_REPORT_DFID_NAME`: `handle_type`
+/// (native endian) followed by the handle bytes.
+pub fn handle_of_fd(fd: BorrowedFd<'_>, out: &mut Vec<u8>) -> io::Result<()> {
+    handle_at(fd, c"", libc::AT_EMPTY_PATH, out)
+}
+
+fn handle_at(dirfd: BorrowedFd<'_>, path: &CStr, flags: libc::c_int, out: &mut Vec<u8>) -> io::Result<()> {
     let mut h = Handle { bytes: MAX as u32, kind: 0, data: [0; MAX] };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `h` has the `struct file_handle` layout with room for MAX
@@ -76,7 +80,7 @@ pub fn handle_of(dirfd: BorrowedFd<'_>, path: &CStr, out: &mut Vec<u8>) -> io::R
             path.as_ptr(),
             (&mut h as *mut Handle).cast::<libc::c_void>(),
             &mut mount_id as *mut libc::c_int,
-            0,
+            flags,
         )
     };
     if rc != 0 {

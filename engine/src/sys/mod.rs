@@ -177,10 +177,22 @@ pub fn poll_in(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
 /// symlinks and `..` stay inside `dirfd`; magic links (`/proc/<pid>/root`,
 /// `/proc/self/fd/N`) fail with `ELOOP` instead of being followed.
 pub fn openat2_in_root(dirfd: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
+    openat2(dirfd, path, libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS)
+}
+
+/// Like [`openat2_in_root`], and no symlink at all is followed, the last
+/// component's included (`ELOOP`): the object at exactly `path` inside
+/// `dirfd`, for a walk whose paths hold no symlinks (a symlink there now
+/// was swapped in since the directory was listed).
+pub fn openat2_in_root_no_symlinks(dirfd: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd> {
+    openat2(dirfd, path, libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS)
+}
+
+fn openat2(dirfd: BorrowedFd<'_>, path: &CStr, resolve: u64) -> io::Result<OwnedFd> {
     // SAFETY: `open_how` is plain-old-data; all-zero is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = resolve;
     // SAFETY: `path` is NUL-terminated and outlives the call; `how` is a
     // valid `open_how` passed with its exact size; `dirfd` is borrowed, so
     // it stays open for the duration of the call.
@@ -198,6 +210,14 @@ pub fn openat2_in_root(dirfd: BorrowedFd<'_>, path: &CStr) -> io::Result<OwnedFd
     }
     // SAFETY: the kernel just installed this fd for us.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// `/proc/self/fd/N` for an fd of ours: a path that every path-taking call
+/// (`fanotify_mark`, `opendir`) follows to exactly the object the fd holds,
+/// wherever it is now, whatever was swapped in on the way. It names the fd
+/// only while the fd stays open.
+pub fn fd_magic_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
 }
 
 /// `pidfd_open(pid, 0)`: a handle on one run of a process. While the
