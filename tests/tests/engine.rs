@@ -897,6 +897,56 @@ fn kernel_cache_is_placed_on_first_open_and_taken_back_on_rename() {
     });
 }
 
+/// A directory inside the root swapped for a symlink to a host directory
+/// while guards are applied (walked) over and over: nothing on the host is
+/// ever marked, whatever the timing.
+#[test]
+#[ignore = "needs root"]
+fn directories_swapped_for_symlinks_during_the_walk_are_never_followed() {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fx = Fx::new(Backend::IoUring);
+    let root = fx.p("root");
+    for i in 0..20 {
+        write(root.join(format!("d/sub/f{i}")), "x");
+    }
+    let host = fx.p("host");
+    write(host.join("sub/secret"), "h");
+    let host_inodes: Vec<u64> = ["", "sub", "sub/secret"]
+        .iter()
+        .map(|p| std::fs::metadata(host.join(p)).unwrap().ino())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let swapper = {
+        let (root, host, stop, swaps) = (root.clone(), host.clone(), stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::fs::rename(root.join("d"), root.join("d.real")).unwrap();
+                std::os::unix::fs::symlink(&host, root.join("d")).unwrap();
+                std::thread::yield_now();
+                std::fs::remove_file(root.join("d")).unwrap();
+                std::fs::rename(root.join("d.real"), root.join("d")).unwrap();
+                swaps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let me = std::process::id();
+    let mut applied = 0;
+    let end = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < end {
+        let _ = fx.apply_in("swapped", "  subjects:\n  - deny: [/d/sub]\n", Vec::new(), root.clone());
+        applied += 1;
+        let marked = janus_tests::marked_inodes(me);
+        let hit: Vec<u64> = host_inodes.iter().copied().filter(|i| marked.contains(i)).collect();
+        assert!(hit.is_empty(), "apply {applied}: host inodes {hit:?} marked through a swapped-in symlink");
+    }
+    stop.store(true, Ordering::Relaxed);
+    swapper.join().unwrap();
+    assert!(applied >= 10 && swaps.load(Ordering::Relaxed) >= 10, "{applied} applies, {swaps:?} swaps");
+    assert_eq!(probe("open", host.join("sub/secret")), "ok", "the host file must stay readable");
+}
+
 #[test]
 #[ignore = "needs root"]
 fn rule_paths_through_symlinks_are_guarded_inside_the_root() {
