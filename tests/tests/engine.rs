@@ -912,10 +912,8 @@ fn directories_swapped_for_symlinks_during_the_walk_are_never_followed() {
     }
     let host = fx.p("host");
     write(host.join("sub/secret"), "h");
-    let host_inodes: Vec<u64> = ["", "sub", "sub/secret"]
-        .iter()
-        .map(|p| std::fs::metadata(host.join(p)).unwrap().ino())
-        .collect();
+    let host_inodes: Vec<u64> =
+        ["", "sub", "sub/secret"].iter().map(|p| std::fs::metadata(host.join(p)).unwrap().ino()).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let swaps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let swapper = {
