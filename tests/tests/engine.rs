@@ -617,6 +617,9 @@ fn exec_deny_covers_the_dynamic_loader_and_other_names() {
         std::fs::copy("/bin/true", fx.p("bin/tool")).unwrap();
         let run = |rel: &str| sh(fx.dir.path(), &format!("{loader} {rel} 2>/dev/null && echo ran || echo refused"));
         assert_eq!(run("bin/tool"), "ran", "control: the loader runs the tool");
+        std::fs::copy("/bin/echo", fx.p("bin/echo")).unwrap();
+        assert_eq!(probe("execveat", fx.p("bin/echo")), "ran", "control: execveat(AT_EMPTY_PATH) runs it");
+        assert_eq!(probe("fexecve", fx.p("bin/echo")), "ran", "control: fexecve runs it");
         // Exec through an open fd (`/proc/self/fd/N`, the path fexecve falls
         // back to): the kernel reports it as an exec of the same inode.
         let by_fd = || sh(fx.dir.path(), "exec 3<bin/tool; /proc/self/fd/3 2>/dev/null && echo ran || echo refused");
@@ -625,6 +628,8 @@ fn exec_deny_covers_the_dynamic_loader_and_other_names() {
         assert_eq!(probe("exec", fx.p("bin/tool")), "EPERM", "{b:?}");
         assert_eq!(run("bin/tool"), "refused", "{b:?}: ld.so ran an exec-denied file");
         assert_eq!(by_fd(), "refused", "{b:?}: exec through an fd ran an exec-denied file");
+        assert_eq!(probe("execveat", fx.p("bin/echo")), "EPERM", "{b:?}: execveat(fd, \"\", AT_EMPTY_PATH)");
+        assert_eq!(probe("fexecve", fx.p("bin/echo")), "EPERM", "{b:?}: fexecve");
         // The same process opens the file as a reader first, then becomes
         // the loader: decided by what it runs now.
         let same_pid = sh(

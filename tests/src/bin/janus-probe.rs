@@ -4,6 +4,9 @@
 //! `JANUS_PROBE_WATCHDOG` seconds, so a hung listener can never leave it
 //! behind.
 //!
+//! `execveat PATH` and `fexecve PATH` replace the probe with PATH through an
+//! fd (PATH then runs with the argument `ran`).
+//!
 //! `janus-probe serve` is a test container's main process: it prints
 //! `pid <pid>`, then reads `OP PATH` lines from stdin and answers each with
 //! one line, until stdin closes. Ops: `open`, `read`, `exec`, `list`,
@@ -36,6 +39,11 @@ fn op(kind: &str, path: &str) -> String {
                 Err(e) => word(Err(e)),
             };
         }
+        // Replace this process with PATH, given as an fd, not a name:
+        // `execveat(fd, "", AT_EMPTY_PATH)` on an O_PATH fd, or
+        // `fexecve` on an O_RDONLY one. PATH runs with the argument `ran`
+        // (a copy of `echo` prints it); on failure the result word.
+        "execveat" | "fexecve" => return fd_exec(kind, path),
         "spawn-open" => {
             // A child of this process (for autoAllowOwner: the owner's children).
             let me = std::env::current_exe().unwrap_or_else(|_| std::env::args().next().unwrap_or_default().into());
@@ -57,6 +65,26 @@ fn op(kind: &str, path: &str) -> String {
         "list" => std::fs::read_dir(path).map(drop),
         _ => Err(std::io::Error::other(format!("unknown op {kind}"))),
     })
+}
+
+fn fd_exec(kind: &str, path: &str) -> String {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::Mode;
+    use std::ffi::CString;
+    let flags = if kind == "execveat" { OFlag::O_PATH } else { OFlag::O_RDONLY };
+    let fd = match open(path, flags | OFlag::O_CLOEXEC, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(e) => return word(Err(e.into())),
+    };
+    let argv = [CString::new(path).unwrap_or_default(), c"ran".to_owned()];
+    let env: [CString; 0] = [];
+    let _ = std::io::stdout().flush();
+    let err = if kind == "execveat" {
+        nix::unistd::execveat(&fd, c"", &argv, &env, nix::fcntl::AtFlags::AT_EMPTY_PATH).unwrap_err()
+    } else {
+        nix::unistd::fexecve(&fd, &argv, &env).unwrap_err()
+    };
+    word(Err(err.into()))
 }
 
 /// `serve`: answer `OP PATH` lines until stdin closes.
