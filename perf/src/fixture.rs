@@ -109,6 +109,20 @@ impl Fixture {
         Ok(())
     }
 
+    /// `n` new one-byte files in a new directory `name` under the fixture
+    /// (on its mount, outside every guarded path).
+    pub fn fresh_files(&self, name: &str, n: usize) -> anyhow::Result<Vec<PathBuf>> {
+        let dir = self.base.join(name);
+        std::fs::create_dir_all(&dir)?;
+        (0..n)
+            .map(|i| {
+                let f = dir.join(format!("f{i:05}"));
+                std::fs::write(&f, "x")?;
+                Ok(f)
+            })
+            .collect()
+    }
+
     /// A fresh empty directory under the fixture.
     pub fn subdir(&self, name: &str) -> anyhow::Result<PathBuf> {
         let p = self.base.join(name);

@@ -28,6 +28,8 @@ pub struct Plan {
     pub pinned: bool,
     /// Files in the bench directory.
     pub files: usize,
+    /// Files of first-open (each opened once per run).
+    pub first_open_files: usize,
     /// Rule counts of the one-guard decision-scale steps.
     pub scale_rules: Vec<usize>,
     /// Guard counts of the many-guard decision-scale steps.
@@ -58,6 +60,7 @@ impl Plan {
             duration: Duration::from_millis(400),
             pinned: true,
             files: 64,
+            first_open_files: 2000,
             scale_rules: vec![1, 100, 10_000, 100_000],
             scale_guards: vec![1, 100, 1000],
             rules_per_guard: 50,
@@ -77,6 +80,7 @@ impl Plan {
             warmup: Duration::from_millis(300),
             duration: Duration::from_millis(2000),
             decide_budget: Duration::from_millis(500),
+            first_open_files: 10_000,
             ..Plan::quick(args)
         }
         .with_overrides(args)

@@ -238,6 +238,8 @@ pub struct Report {
     pub comparisons: Vec<Comparison>,
     /// unguarded-overhead rows.
     pub unguarded: Vec<UnguardedRow>,
+    /// first-open: one open of each of many files new to the listener.
+    pub first_open: Vec<ConfigStats>,
     /// decision-scale.
     pub scale: Scale,
     /// churn.

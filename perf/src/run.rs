@@ -10,7 +10,7 @@ use crate::cli::RunArgs;
 use crate::fixture::Fixture;
 use crate::plan::Plan;
 use crate::report::{DenyCheck, Host, Report, write_file};
-use crate::scenario::{Ctx, churn, scale, throughput, unguarded};
+use crate::scenario::{Ctx, churn, first_open, scale, throughput, unguarded};
 use crate::{procfs, svg, table};
 
 /// What the configurations are, for readers of the table.
@@ -44,12 +44,13 @@ pub fn run(mut plan: Plan, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
     let json_path = args.json.clone().unwrap_or_else(|| args.out_dir.join("report.json"));
     let svg_path = args.svg.clone().unwrap_or_else(|| args.out_dir.join("throughput.svg"));
-    let total = throughput::steps(&plan) + unguarded::steps(&plan) + scale::steps(&plan);
+    let total = throughput::steps(&plan) + unguarded::steps(&plan) + first_open::steps(&plan) + scale::steps(&plan);
     let fixture = Fixture::create(plan.files).context("create fixture under /tmp")?;
     let mut ctx = Ctx::new(plan, fixture, total);
 
     let (throughput_rows, comparisons) = throughput::run(&mut ctx)?;
     let unguarded_rows = unguarded::run(&mut ctx)?;
+    let first_open = first_open::run(&mut ctx)?;
     let scale = scale::run(&mut ctx)?;
     let churn = churn::run();
     ctx.progress.finish();
@@ -74,6 +75,7 @@ pub fn run(mut plan: Plan, args: &RunArgs) -> anyhow::Result<ExitCode> {
         throughput: throughput_rows,
         comparisons,
         unguarded: unguarded_rows,
+        first_open,
         scale,
         churn,
         deny,

@@ -144,6 +144,13 @@ pub fn render(r: &Report) -> String {
         .collect();
     o.push_str(&grid(&["thr", "config", "opens/s", "[min – max]", "×none", "p50", "p99", "p999"], &rows, &[1, 3]));
 
+    o.push_str(&format!(
+        "\nfirst-open: the first open of each of {} files on the guarded mount (outside guarded paths), 1 opener\n",
+        r.plan.first_open_files
+    ));
+    let rows: Vec<Vec<String>> = r.first_open.iter().map(stats_cells).collect();
+    o.push_str(&grid(&["config", "opens/s", "[min – max]", "×none", "p50", "p99", "p999"], &rows, &[0, 2]));
+
     o.push_str("\ndecision-scale: one guard (Policy::compile; decide = trie walk, scan = every rule, for contrast)\n");
     let rows: Vec<Vec<String>> = r
         .scale

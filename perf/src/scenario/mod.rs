@@ -2,6 +2,7 @@
 //! subprocess for a configuration, drive openers, stop the listener.
 
 pub mod churn;
+pub mod first_open;
 pub mod scale;
 pub mod throughput;
 pub mod unguarded;
@@ -127,10 +128,9 @@ pub struct Target {
     pub probe: Option<PathBuf>,
 }
 
-/// Runs configuration `config` once against `target`.
-pub fn run_once(ctx: &mut Ctx, config: Config, target: &Target) -> anyhow::Result<Sample> {
+/// Starts the listener of `config` (none for [`Config::None`]).
+fn start_listener(ctx: &mut Ctx, config: Config, pin: Option<usize>) -> anyhow::Result<Option<Listener>> {
     ctx.runs += 1;
-    let pin = target.pinned.then_some(PIN_CPU);
     let fx = &ctx.fixture;
     let (kind, dir, guard, root) = match config {
         Config::None => (None, None, None, None),
@@ -156,6 +156,13 @@ pub fn run_once(ctx: &mut Ctx, config: Config, target: &Target) -> anyhow::Resul
         ),
         None => None,
     };
+    Ok(listener)
+}
+
+/// Runs configuration `config` once against `target`.
+pub fn run_once(ctx: &mut Ctx, config: Config, target: &Target) -> anyhow::Result<Sample> {
+    let pin = target.pinned.then_some(PIN_CPU);
+    let listener = start_listener(ctx, config, pin)?;
     let files = match config {
         Config::EngineUncachedNoAudit => target.linked.clone().context("no linked files")?,
         _ => target.files.clone(),
