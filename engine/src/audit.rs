@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use serde::Serialize;
 
 use crate::Kind;
-use crate::engine::TargetInfo;
+use crate::instance::TargetInfo;
 use janus_api::Mode;
 
 /// What happened to the access.

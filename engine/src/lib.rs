@@ -8,11 +8,14 @@
 #![deny(unsafe_code)]
 
 pub mod audit;
+mod cache;
+mod decide;
 mod enforce;
 mod engine;
 pub mod event;
 mod fault;
 pub mod heartbeat;
+mod instance;
 mod marks;
 pub mod metrics;
 pub mod policy;
@@ -22,7 +25,9 @@ mod root;
 mod sys;
 mod watch;
 
-pub use engine::{Backend, Engine, EngineConfig, EngineError, GuardReport, GuardTarget, TargetInfo};
+pub use enforce::Backend;
+pub use engine::{Engine, EngineConfig};
+pub use instance::{EngineError, GuardReport, GuardTarget, TargetInfo};
 
 /// An access kind a rule can apply to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -10,7 +10,7 @@
 //!   mount, `/proc/<pid>/root`) is still decided;
 //! - allowed files are cached in the kernel as *ignore* marks, placed by
 //!   the enforcement thread on the file's first open (through the event's
-//!   fd, evictable) and taken back by it too (see [`cache_allowed`]);
+//!   fd, evictable) and taken back by it too (see `cache::cache_allowed`);
 //! - the mount holding every such directory is marked too (files only), so
 //!   a file created in a directory that is not marked yet (a new
 //!   subdirectory, a renamed one, a name the walk could not follow) still
@@ -31,13 +31,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::enforce::{Entry, FileKey};
-use crate::engine::{EngineError, GuardReport, Runtime};
-use crate::policy::{Decision, Scratch, Verdict};
+use crate::instance::{EngineError, Entry, FileKey, GuardReport, Runtime};
+use crate::policy::{Decision, Scratch, classify, merge_deny_wins};
 use crate::sys::{self, fanotify};
-use crate::{Kind, KindSet};
 
 /// Events the watcher group asks for on guarded directories.
 const WATCH_MASK: u64 = libc::FAN_CREATE | libc::FAN_MOVED_TO | libc::FAN_ONDIR;
@@ -473,95 +470,6 @@ impl<'a> Walker<'a> {
         }
         Ok(())
     }
-}
-
-/// Whether ignore marks are asked for the old way (`FAN_MARK_IGNORED_MASK`):
-/// set once a kernel refuses `FAN_MARK_IGNORE` (before 6.0).
-static LEGACY_IGNORE: AtomicBool = AtomicBool::new(false);
-
-/// The ignore-mark flag this kernel takes. `FAN_MARK_IGNORE` without
-/// `FAN_ONDIR` or `FAN_EVENT_ON_CHILD` ignores events on the object itself
-/// only, and the kernel refuses it on a directory (`EISDIR`): an ignore
-/// mark can never silence a directory's children. (Both kinds on one mark
-/// are refused, `EEXIST`, so every ignore mark uses the same one.)
-fn ignore_flag() -> u32 {
-    if LEGACY_IGNORE.load(Ordering::Relaxed) { libc::FAN_MARK_IGNORED_MASK } else { libc::FAN_MARK_IGNORE }
-}
-
-/// Caches an allow for the open file `fd` in the kernel: an ignore mark that
-/// survives modification and, where the kernel has it (5.19+), is evictable,
-/// so the cache pins no inodes and is dropped harmlessly under memory
-/// pressure (the next open is then decided again). Only the enforcement
-/// thread calls this and [`uncache`], so adding and taking back a cached
-/// allow are ordered. Fails with `EEXIST` when the inode already carries a
-/// non-evictable mark of the group, and `EISDIR` for a directory; the
-/// caller then remembers the decision itself.
-pub(crate) fn cache_allowed(group: BorrowedFd<'_>, mask: u64, fd: std::os::fd::RawFd) -> std::io::Result<()> {
-    let mut evictable = libc::FAN_MARK_EVICTABLE;
-    loop {
-        let flags = libc::FAN_MARK_ADD | libc::FAN_MARK_IGNORED_SURV_MODIFY | ignore_flag() | evictable;
-        match fanotify::mark_raw_fd(group, flags, mask, fd) {
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !LEGACY_IGNORE.load(Ordering::Relaxed) => {
-                tracing::info!("this kernel has no FAN_MARK_IGNORE (6.0+); using FAN_MARK_IGNORED_MASK");
-                LEGACY_IGNORE.store(true, Ordering::Relaxed);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && evictable != 0 => evictable = 0,
-            r => return r,
-        }
-    }
-}
-
-/// Takes back a cached allow from the object `path` names (the file's fd
-/// as [`sys::fd_magic_path`], or the event fd's): no ignore mark there is
-/// fine.
-pub(crate) fn uncache(group: BorrowedFd<'_>, path: &std::ffi::CStr) {
-    let flags = libc::FAN_MARK_REMOVE | ignore_flag();
-    let _ = fanotify::mark(group, flags, KindSet::ALL.fan_mask(), None, Some(path));
-}
-
-/// Kinds that need user space for this object (deny or audited), and kinds
-/// the kernel may answer alone (allowed, not audited).
-pub(crate) fn classify(policy: &crate::policy::Policy, d: &Decision) -> (KindSet, KindSet) {
-    let mut needs = KindSet::EMPTY;
-    let mut cacheable = KindSet::EMPTY;
-    for kind in policy.kinds.iter() {
-        if kind == Kind::Open && policy.denies_exec(d).is_some() {
-            // Opens of an exec-denied file are checked for a loader.
-            needs.insert(kind);
-            continue;
-        }
-        match d.rule(kind) {
-            None => cacheable.insert(kind),
-            Some(r) => {
-                let rule = policy.rule(r);
-                if rule.verdict == Verdict::Deny || policy.subject_of(r).audit {
-                    needs.insert(kind);
-                } else {
-                    cacheable.insert(kind);
-                }
-            }
-        }
-    }
-    (needs, cacheable)
-}
-
-/// Merges the decisions of two names of one file: per kind, a denying rule
-/// wins; otherwise the first decision's rule (or the second's if the first
-/// has none).
-pub(crate) fn merge_deny_wins(policy: &crate::policy::Policy, a: Decision, b: Decision) -> Decision {
-    let mut out = a;
-    for kind in Kind::ALL {
-        let denies = |r: Option<u32>| r.is_some_and(|r| policy.rule(r).verdict == Verdict::Deny);
-        let pick = if denies(a.rule(kind)) {
-            a.rule(kind)
-        } else if denies(b.rule(kind)) {
-            b.rule(kind)
-        } else {
-            a.rule(kind).or(b.rule(kind))
-        };
-        out.set_rule(kind, pick);
-    }
-    out
 }
 
 fn is_pseudo_fs(fd: &OwnedFd) -> bool {

@@ -417,6 +417,51 @@ fn fill_interest(node: &mut Node, interesting: &[bool]) -> bool {
     own || below
 }
 
+/// Kinds that need user space for this object (deny or audited), and kinds
+/// the kernel may answer alone (allowed, not audited).
+pub(crate) fn classify(policy: &Policy, d: &Decision) -> (KindSet, KindSet) {
+    let mut needs = KindSet::EMPTY;
+    let mut cacheable = KindSet::EMPTY;
+    for kind in policy.kinds.iter() {
+        if kind == Kind::Open && policy.denies_exec(d).is_some() {
+            // Opens of an exec-denied file are checked for a loader.
+            needs.insert(kind);
+            continue;
+        }
+        match d.rule(kind) {
+            None => cacheable.insert(kind),
+            Some(r) => {
+                let rule = policy.rule(r);
+                if rule.verdict == Verdict::Deny || policy.subject_of(r).audit {
+                    needs.insert(kind);
+                } else {
+                    cacheable.insert(kind);
+                }
+            }
+        }
+    }
+    (needs, cacheable)
+}
+
+/// Merges the decisions of two names of one file: per kind, a denying rule
+/// wins; otherwise the first decision's rule (or the second's if the first
+/// has none).
+pub(crate) fn merge_deny_wins(policy: &Policy, a: Decision, b: Decision) -> Decision {
+    let mut out = a;
+    for kind in Kind::ALL {
+        let denies = |r: Option<u32>| r.is_some_and(|r| policy.rule(r).verdict == Verdict::Deny);
+        let pick = if denies(a.rule(kind)) {
+            a.rule(kind)
+        } else if denies(b.rule(kind)) {
+            b.rule(kind)
+        } else {
+            a.rule(kind).or(b.rule(kind))
+        };
+        out.set_rule(kind, pick);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

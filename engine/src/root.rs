@@ -153,8 +153,8 @@ fn real_path(rootfd: &OwnedFd, path: &str, root_shown: &[u8], buf: &mut [u8]) ->
             Ok(fd) => {
                 use std::os::fd::AsRawFd;
                 let len = sys::fd_path(fd.as_raw_fd(), buf).map_err(|e| format!("cannot read its real path: {e}"))?;
-                let inner = crate::engine::in_root(&buf[..len], root_shown)
-                    .ok_or_else(|| "its real path is outside the root".to_string())?;
+                let inner =
+                    in_root(&buf[..len], root_shown).ok_or_else(|| "its real path is outside the root".to_string())?;
                 let inner = std::str::from_utf8(inner).map_err(|_| "its real path is not UTF-8".to_string())?;
                 let joined = if inner == "/" && !rest.is_empty() { rest.to_string() } else { format!("{inner}{rest}") };
                 return Ok(Some(joined));
@@ -174,5 +174,18 @@ fn real_path(rootfd: &OwnedFd, path: &str, root_shown: &[u8], buf: &mut [u8]) ->
             }
             Err(e) => return Err(format!("cannot resolve it inside the root: {e}")),
         }
+    }
+}
+
+/// The in-root path of a path the kernel printed (`readlink` of an fd),
+/// given the prefix it shows for the instance's root (`Runtime::root_shown`,
+/// empty for `/`): `Some("/")` for the root itself, `None` for a path
+/// outside the root.
+pub(crate) fn in_root<'a>(shown: &'a [u8], root_shown: &[u8]) -> Option<&'a [u8]> {
+    match shown.strip_prefix(root_shown) {
+        Some(rest) if root_shown.is_empty() || rest.is_empty() || rest[0] == b'/' => {
+            Some(if rest.is_empty() { &b"/"[..] } else { rest })
+        }
+        _ => None,
     }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::enforce::{EntryBatch, EntrySender};
-use crate::engine::{EngineError, Runtime};
+use crate::enforce::EntrySender;
 use crate::event;
+use crate::instance::{EngineError, EntryBatch, Runtime};
 use crate::marks;
 use crate::sys;
 
@@ -197,6 +197,6 @@ fn dir_by_handle(set: &WatchSet, handle_type: i32, handle: &[u8], buf: &mut [u8]
         }
     })?;
     let len = sys::fd_path(fd.as_raw_fd(), buf).ok()?;
-    let inner = crate::engine::in_root(&buf[..len], &set.rt.root_shown)?;
+    let inner = crate::root::in_root(&buf[..len], &set.rt.root_shown)?;
     Some(Arc::from(std::str::from_utf8(inner).ok()?))
 }
