@@ -26,15 +26,26 @@ ci/deploy/install-tools.sh
 step "kube-apiserver and etcd for the controller's end-to-end tests (built once, cached)"
 ci/k8s/build.sh
 k8s_dir=$(mktemp -d /tmp/janus-ci-k8s.XXXXXX)
-cleanup_k8s() { ci/k8s/stop.sh --purge "$k8s_dir" >/dev/null 2>&1 || true; }
+export JANUS_CLUSTER_DIR=/tmp/janus-ci-cluster
+cleanup_k8s() {
+	ci/k8s/stop.sh --purge "$k8s_dir" >/dev/null 2>&1 || true
+	ci/k8s/cluster.sh down >/dev/null 2>&1 || true
+}
 trap cleanup_k8s EXIT
 ci/k8s/start.sh "$k8s_dir"
 export JANUS_K8S_ENV="$k8s_dir/env"
 
+step "a real one-node cluster: kubelet, kube-controller-manager, kube-scheduler, containerd, runc, CNI (built once, cached), images built here"
+ci/k8s/cluster.sh up
+export JANUS_NODE_ENV="$JANUS_CLUSTER_DIR/env"
+
 step "tests (root-only and API-server tests included)"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --include-ignored
-cleanup_k8s
+ci/k8s/stop.sh --purge "$k8s_dir" >/dev/null 2>&1 || true
+
+step "the real cluster goes down without a trace"
+ci/k8s/cluster.sh down
 
 step "demo: janusd standalone on deploy/examples/demo-guard.yaml"
 ci/demo.sh

@@ -14,6 +14,14 @@
 #   JANUS_ETCD_VERSION      go.etcd.io/etcd/server/v3 ver. (default below)
 #   JANUS_K8S_CACHE         cache root                     (/var/cache/janus-k8s)
 #   JANUS_K8S_KUBECTL       1 = build kubectl too, 0 = not (1)
+#   JANUS_K8S_NODE          1 = also build what a node runs (0): kubelet,
+#                           kube-controller-manager, kube-scheduler, containerd
+#                           (+ shim, ctr), runc (with seccomp: needs
+#                           libseccomp-dev and gcc, installed with apt-get when
+#                           missing) and the CNI plugins bridge, host-local,
+#                           loopback (in bin/cni/) — for ci/k8s/cluster.sh
+#   JANUS_CONTAINERD_VERSION, JANUS_RUNC_VERSION, JANUS_CNI_VERSION
+#                           their versions (defaults below)
 #   JANUS_K8S_BUILD_TIMEOUT seconds allowed per go command (3600)
 #   JANUS_K8S_LOCK_TIMEOUT  seconds to wait for another build of the same
 #                           cache to finish (3600)
@@ -24,10 +32,15 @@ K8S_VERSION=${JANUS_K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${JANUS_ETCD_VERSION:-v3.7.3}
 CACHE_ROOT=${JANUS_K8S_CACHE:-/var/cache/janus-k8s}
 BUILD_KUBECTL=${JANUS_K8S_KUBECTL:-1}
+BUILD_NODE=${JANUS_K8S_NODE:-0}
+CONTAINERD_VERSION=${JANUS_CONTAINERD_VERSION:-v2.4.2}
+RUNC_VERSION=${JANUS_RUNC_VERSION:-v1.5.3}
+CNI_VERSION=${JANUS_CNI_VERSION:-v1.10.0}
 BUILD_TIMEOUT=${JANUS_K8S_BUILD_TIMEOUT:-3600}
 LOCK_TIMEOUT=${JANUS_K8S_LOCK_TIMEOUT:-3600}
 
 DEST=$CACHE_ROOT/$K8S_VERSION-$ETCD_VERSION
+((BUILD_NODE == 1)) && DEST+=-node-containerd$CONTAINERD_VERSION-runc$RUNC_VERSION-cni$CNI_VERSION
 BIN=$DEST/bin
 WORK=$DEST/work
 LOGS=$DEST/logs
@@ -52,7 +65,9 @@ STAGING_VERSION=v0.$K8S_MINOR.$K8S_PATCH
 	die "JANUS_ETCD_VERSION must look like v3.7.3, got '$ETCD_VERSION'"
 
 wanted=(kube-apiserver etcd)
-[[ $BUILD_KUBECTL == 1 ]] && wanted+=(kubectl)
+[[ $BUILD_KUBECTL == 1 || $BUILD_NODE == 1 ]] && wanted+=(kubectl)
+NODE_K8S=(kubelet kube-controller-manager kube-scheduler)
+[[ $BUILD_NODE == 1 ]] && wanted+=("${NODE_K8S[@]}" containerd containerd-shim-runc-v2 ctr runc cni/bridge cni/host-local cni/loopback)
 
 have_all() {
 	local b
@@ -90,7 +105,7 @@ export CGO_ENABLED=0
 export GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 export GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
 export GOWORK=off
-mkdir -p "$GOMODCACHE" "$GOCACHE" "$BIN"
+mkdir -p "$GOMODCACHE" "$GOCACHE" "$BIN" "$WORK"
 
 log "go: $(go version) (GOTOOLCHAIN=$GOTOOLCHAIN)"
 log "target: kube-apiserver $K8S_VERSION (staging modules $STAGING_VERSION), etcd $ETCD_VERSION$([[ $BUILD_KUBECTL == 1 ]] && echo ", kubectl $K8S_VERSION")"
@@ -166,7 +181,11 @@ $json"
 	rm -f "$mod/go.sum"
 
 	local pkgs=(k8s.io/kubernetes/cmd/kube-apiserver)
-	[[ $BUILD_KUBECTL == 1 ]] && pkgs+=(k8s.io/kubernetes/cmd/kubectl)
+	[[ $BUILD_KUBECTL == 1 || $BUILD_NODE == 1 ]] && pkgs+=(k8s.io/kubernetes/cmd/kubectl)
+	if [[ $BUILD_NODE == 1 ]]; then
+		local c
+		for c in "${NODE_K8S[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+	fi
 	(cd "$mod" && run_go "$LOGS/kubernetes-get.log" "kubernetes: resolve+download modules" \
 		get "${pkgs[@]/%/@$K8S_VERSION}")
 
@@ -213,8 +232,43 @@ etcd_build() {
 	mv -f "$BIN/.etcd.tmp" "$BIN/etcd"
 }
 
+# ---- node: containerd, runc, CNI plugins -----------------------------------
+# containerd and the CNI plugins have no replace directives: `go install
+# module/cmd@version` builds them. runc needs cgo (its nsexec is C) and
+# libseccomp for seccomp profiles.
+node_build() {
+	[[ $BUILD_NODE == 1 ]] || return 0
+	local c
+	if [[ ! -x $BIN/containerd || ! -x $BIN/containerd-shim-runc-v2 || ! -x $BIN/ctr ]]; then
+		local cpkgs=()
+		for c in containerd containerd-shim-runc-v2 ctr; do
+			cpkgs+=("github.com/containerd/containerd/v2/cmd/$c@$CONTAINERD_VERSION")
+		done
+		(cd "$WORK" && GOBIN=$BIN run_go "$LOGS/containerd-build.log" "containerd $CONTAINERD_VERSION" \
+			install -trimpath -tags no_btrfs -ldflags="-s -w" "${cpkgs[@]}")
+	fi
+	if [[ ! -x $BIN/cni/bridge || ! -x $BIN/cni/host-local || ! -x $BIN/cni/loopback ]]; then
+		mkdir -p "$BIN/cni"
+		(cd "$WORK" && GOBIN=$BIN/cni run_go "$LOGS/cni-build.log" "CNI plugins $CNI_VERSION" \
+			install -trimpath -ldflags="-s -w" \
+			"github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \
+			"github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_VERSION" \
+			"github.com/containernetworking/plugins/plugins/main/loopback@$CNI_VERSION")
+	fi
+	if [[ ! -x $BIN/runc ]]; then
+		if [[ ! -f /usr/include/seccomp.h ]] || ! command -v gcc >/dev/null; then
+			log "runc needs gcc and libseccomp-dev: apt-get install -y gcc libc6-dev libseccomp-dev"
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev libseccomp-dev >"$LOGS/apt-runc.log" 2>&1 ||
+				die "apt-get install gcc libc6-dev libseccomp-dev failed (log $LOGS/apt-runc.log)"
+		fi
+		(cd "$WORK" && CGO_ENABLED=1 GOBIN=$BIN run_go "$LOGS/runc-build.log" "runc $RUNC_VERSION" \
+			install -trimpath -tags seccomp -ldflags="-s -w" "github.com/opencontainers/runc@$RUNC_VERSION")
+	fi
+}
+
 k8s_build
 etcd_build
+node_build
 
 have_all || die "build finished but not all of ${wanted[*]} are in $BIN"
 log "built ${wanted[*]} in $((SECONDS - T0))s:"

@@ -27,6 +27,9 @@
 #                            fixed ports (default: free ports picked at random
 #                            in 20000-31999)
 #   JANUS_K8S_APISERVER_ARGS extra kube-apiserver flags (word-split)
+#   JANUS_K8S_AUTHORIZATION_MODE  --authorization-mode (RBAC; cluster.sh: Node,RBAC)
+#   JANUS_K8S_DISABLE_ADMISSION   --disable-admission-plugins (ServiceAccount;
+#                            cluster.sh sets it empty: a controller-manager runs)
 #   JANUS_K8S_ETCD_FSYNC=1   keep etcd's fsync (default: --unsafe-no-fsync, faster;
 #                            the data is thrown away anyway)
 set -euo pipefail
@@ -237,7 +240,7 @@ api_args=(
 	--tls-cert-file="$PKI/apiserver.crt"
 	--tls-private-key-file="$PKI/apiserver.key"
 	--client-ca-file="$PKI/ca.crt"
-	--authorization-mode=RBAC
+	--authorization-mode="${JANUS_K8S_AUTHORIZATION_MODE:-RBAC}"
 	--anonymous-auth=false
 	--service-account-key-file="$PKI/sa.pub"
 	--service-account-signing-key-file="$PKI/sa.key"
@@ -246,7 +249,7 @@ api_args=(
 	# No controller-manager runs, so nothing creates the "default"
 	# ServiceAccount of a namespace; with the ServiceAccount admission plugin
 	# every pod create would be refused. Pods are created as given instead.
-	--disable-admission-plugins=ServiceAccount
+	--disable-admission-plugins="${JANUS_K8S_DISABLE_ADMISSION-ServiceAccount}"
 	--allow-privileged=true
 	--profiling=false
 	--v=1

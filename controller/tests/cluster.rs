@@ -29,7 +29,21 @@ fn env_file() -> BTreeMap<String, String> {
     let path = std::env::var("JANUS_K8S_ENV").unwrap_or_else(|_| {
         panic!("this test needs a kube-apiserver: run `ci/k8s/start.sh DIR` and set JANUS_K8S_ENV=DIR/env (ci/test.sh does)")
     });
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    read_env(&path)
+}
+
+/// The env file of the real one-node cluster (`ci/k8s/cluster.sh up`).
+fn node_env_file() -> BTreeMap<String, String> {
+    let path = std::env::var("JANUS_NODE_ENV").unwrap_or_else(|_| {
+        panic!(
+            "this test needs the real one-node cluster: run `ci/k8s/cluster.sh up` and set JANUS_NODE_ENV=<its dir>/env (ci/test.sh does)"
+        )
+    });
+    read_env(&path)
+}
+
+fn read_env(path: &str) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.lines()
         .filter_map(|l| l.strip_prefix("export ").unwrap_or(l).split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('"').trim_matches('\'').to_string()))
@@ -178,12 +192,24 @@ struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster fixture using a fresh namespace `<prefix>-<random>`.
+    /// A cluster fixture using a fresh namespace `<prefix>-<random>`, with
+    /// agents for two pretend nodes (the test plays their kubelets).
     async fn new(prefix: &str) -> Cluster {
+        Cluster::with(prefix, env_file(), &["node-a", "node-b"]).await
+    }
+
+    /// The same on the real one-node cluster: one agent, on the host, for
+    /// its node (the kubelet and containerd are real).
+    async fn real_node(prefix: &str) -> Cluster {
+        let env = node_env_file();
+        let node = env.get("JANUS_NODE_NAME").cloned().expect("JANUS_NODE_NAME in the node env file");
+        Cluster::with(prefix, env, &[node.as_str()]).await
+    }
+
+    async fn with(prefix: &str, env: BTreeMap<String, String>, nodes: &[&str]) -> Cluster {
         janus_tests::require_root();
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let ns = &format!("{prefix}-{:x}", nanos ^ std::process::id());
-        let env = env_file();
         let admin = client_from(&env["JANUS_K8S_ADMIN_KUBECONFIG"]).await;
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         apply_file(&admin, &Path::new(root).join("deploy/crd.yaml"), &["CustomResourceDefinition"]).await;
@@ -228,7 +254,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("janus-cluster-").tempdir().unwrap();
         let pki = Pki::generate(dir.path());
         let mut c = Cluster { env, admin, pki, dir, agents: Vec::new(), ns: ns.into() };
-        for node in ["node-a", "node-b"] {
+        for node in nodes {
             let a = Agent::start(node, &c.pki, c.dir.path(), free_port());
             c.publish_agent(&a).await;
             c.agents.push(a);
@@ -634,5 +660,72 @@ fn two_replicas_elect_one_leader_and_fail_over() {
         eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
         c.delete_pod("web-1").await;
         drop(second);
+    });
+}
+
+/// `kubectl exec POD -- ARGS` in the fixture's namespace: stdout, or the
+/// error text (`Operation not permitted`) when the command fails.
+fn kubectl_exec(c: &Cluster, pod: &str, args: &[&str]) -> String {
+    let kubectl = Path::new(&c.env["JANUS_K8S_BIN"]).join("kubectl");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(&kubectl)
+        .env("KUBECONFIG", &c.env["JANUS_K8S_ADMIN_KUBECONFIG"])
+        .args(["exec", "-n", &c.ns, pod, "--"])
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    } else {
+        format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim())
+    }
+}
+
+/// A real pod on the real node (kubelet, containerd, runc, an overlayfs
+/// root from an image built here, a pid namespace): guarded through the API
+/// only, checked with `kubectl exec`.
+#[test]
+#[ignore = "needs root and the real one-node cluster (ci/k8s/cluster.sh)"]
+fn real_pod_is_guarded_through_kubectl_exec() {
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::real_node("e2e-node").await;
+        let node = c.env["JANUS_NODE_NAME"].clone();
+        let _controller = Controller::start(&c.env, &c.pki);
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
+                "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"]}]}
+        }))
+        .unwrap();
+        c.pods().create(&PostParams::default(), &pod).await.unwrap();
+        eventually("pod web Running", Duration::from_secs(120), || async {
+            c.pods().get("web").await.ok().and_then(|p| p.status?.phase).as_deref() == Some("Running")
+        })
+        .await;
+        assert_eq!(kubectl_exec(&c, "web", &["cat", "/data/secret/key"]), "top secret", "control: unguarded");
+        // /var/run is a symlink to /run in the image: the rule is enforced
+        // at its target inside the container.
+        c.apply_guard("g", "{app: web}", &["/data/secret", "/var/run/secrets/token"]).await;
+        let t = Instant::now();
+        eventually("the real container's file denied", T, || async {
+            kubectl_exec(&c, "web", &["cat", "/data/secret/key"]).contains("Operation not permitted")
+        })
+        .await;
+        eprintln!("guard created -> first denial seen through kubectl exec: {:?}", t.elapsed());
+        assert_eq!(kubectl_exec(&c, "web", &["cat", "/data/open/greeting"]), "hello", "an allowed file reads");
+        let token = kubectl_exec(&c, "web", &["cat", "/var/run/secrets/token"]);
+        assert!(token.contains("Operation not permitted"), "rule through the image's /var/run symlink: {token}");
+        let token = kubectl_exec(&c, "web", &["cat", "/run/secrets/token"]);
+        assert!(token.contains("Operation not permitted"), "the symlink's target: {token}");
+        eventually("status 1/1 Ready", T, || async { c.status("g").await == (1, 1, "True".into()) }).await;
+        // Deleted: released.
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
+        eventually("released", T, || async { kubectl_exec(&c, "web", &["cat", "/data/secret/key"]) == "top secret" })
+            .await;
+        c.delete_pod("web").await;
     });
 }
