@@ -244,12 +244,12 @@ node_build() {
 		for c in containerd containerd-shim-runc-v2 ctr; do
 			cpkgs+=("github.com/containerd/containerd/v2/cmd/$c@$CONTAINERD_VERSION")
 		done
-		(cd "$WORK" && GOBIN=$BIN run_go "$LOGS/containerd-build.log" "containerd $CONTAINERD_VERSION" \
+		(cd "$WORK" && export GOBIN=$BIN && run_go "$LOGS/containerd-build.log" "containerd $CONTAINERD_VERSION" \
 			install -trimpath -tags no_btrfs -ldflags="-s -w" "${cpkgs[@]}")
 	fi
 	if [[ ! -x $BIN/cni/bridge || ! -x $BIN/cni/host-local || ! -x $BIN/cni/loopback ]]; then
 		mkdir -p "$BIN/cni"
-		(cd "$WORK" && GOBIN=$BIN/cni run_go "$LOGS/cni-build.log" "CNI plugins $CNI_VERSION" \
+		(cd "$WORK" && export GOBIN=$BIN/cni && run_go "$LOGS/cni-build.log" "CNI plugins $CNI_VERSION" \
 			install -trimpath -ldflags="-s -w" \
 			"github.com/containernetworking/plugins/plugins/main/bridge@$CNI_VERSION" \
 			"github.com/containernetworking/plugins/plugins/ipam/host-local@$CNI_VERSION" \
@@ -258,10 +258,10 @@ node_build() {
 	if [[ ! -x $BIN/runc ]]; then
 		if [[ ! -f /usr/include/seccomp.h ]] || ! command -v gcc >/dev/null; then
 			log "runc needs gcc and libseccomp-dev: apt-get install -y gcc libc6-dev libseccomp-dev"
-			DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev libseccomp-dev >"$LOGS/apt-runc.log" 2>&1 ||
+			{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q gcc libc6-dev libseccomp-dev; } >"$LOGS/apt-runc.log" 2>&1 ||
 				die "apt-get install gcc libc6-dev libseccomp-dev failed (log $LOGS/apt-runc.log)"
 		fi
-		(cd "$WORK" && CGO_ENABLED=1 GOBIN=$BIN run_go "$LOGS/runc-build.log" "runc $RUNC_VERSION" \
+		(cd "$WORK" && export CGO_ENABLED=1 GOBIN=$BIN && run_go "$LOGS/runc-build.log" "runc $RUNC_VERSION" \
 			install -trimpath -tags seccomp -ldflags="-s -w" "github.com/opencontainers/runc@$RUNC_VERSION")
 	fi
 }

@@ -40,7 +40,8 @@ command -v skopeo >/dev/null || need+=(skopeo)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if ((${#need[@]})); then
 	log "installing ${need[*]} (apt-get)"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >&2 || die "apt-get install ${need[*]} failed"
+	{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; } >&2 ||
+		die "apt-get install ${need[*]} failed"
 fi
 
 work=$(mktemp -d /tmp/janus-images.XXXXXX)
