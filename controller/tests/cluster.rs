@@ -695,9 +695,10 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         let _controller = Controller::start(&c.env, &c.pki);
         let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "restartPolicy": "Always", "containers": [{
                 "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
-                "command": ["sleep", "3600"]}]}
+                // Exits when told (a pid namespace's init ignores kill).
+                "command": ["sh", "-c", "while [ ! -e /tmp/stop ]; do sleep 0.1; done"]}]}
         }))
         .unwrap();
         c.pods().create(&PostParams::default(), &pod).await.unwrap();
@@ -721,6 +722,40 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         let token = kubectl_exec(&c, "web", &["cat", "/run/secrets/token"]);
         assert!(token.contains("Operation not permitted"), "the symlink's target: {token}");
         eventually("status 1/1 Ready", T, || async { c.status("g").await == (1, 1, "True".into()) }).await;
+        // The container dies and kubelet starts a new one, with a new
+        // container ID: guarded again. Measured from the new ID appearing in
+        // the pod's status to the first denial seen through kubectl exec.
+        let container_id = |p: Pod| -> Option<String> {
+            p.status?.container_statuses?.into_iter().next()?.container_id
+        };
+        let first = container_id(c.pods().get("web").await.unwrap()).expect("a container ID");
+        let _ = kubectl_exec(&c, "web", &["touch", "/tmp/stop"]);
+        let end = Instant::now() + Duration::from_secs(120);
+        let second = loop {
+            let id = c.pods().get("web").await.ok().and_then(container_id);
+            if let Some(id) = id.filter(|id| id != &first) {
+                break id;
+            }
+            assert!(Instant::now() < end, "kubelet did not restart the container with a new ID");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let t = Instant::now();
+        let mut unguarded = 0;
+        loop {
+            let out = kubectl_exec(&c, "web", &["cat", "/data/secret/key"]);
+            if out.contains("Operation not permitted") {
+                break;
+            }
+            if out == "top secret" {
+                unguarded += 1;
+            }
+            assert!(t.elapsed() < T, "the restarted container {second} was never guarded: {out}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "container restarted ({first} -> {second}): denied again {:?} after the new ID was seen ({unguarded} reads got through meanwhile)",
+            t.elapsed()
+        );
         // Deleted: released.
         c.guards().delete("g", &DeleteParams::default()).await.unwrap();
         eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
