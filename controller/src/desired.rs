@@ -27,27 +27,32 @@ pub fn guard_key(g: &JanusGuard) -> String {
 }
 
 /// Running containers of a pod with their runtime IDs, if the pod can be
-/// guarded now: scheduled, Running, not being deleted, at least one running
-/// container with an ID.
+/// guarded now: scheduled, Running (or Pending while an init container
+/// runs), not being deleted, at least one running container with an ID.
+/// Every kind of container counts: app containers, init containers (native
+/// sidecars, `restartPolicy: Always`, run beside the app; classic ones run
+/// before it, while the pod is Pending) and ephemeral ones (`kubectl
+/// debug`). Names are unique across the three lists in a pod.
 pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<Container>)> {
     if pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let node = pod.spec.as_ref()?.node_name.clone()?;
     let status = pod.status.as_ref()?;
-    if status.phase.as_deref() != Some("Running") {
+    if !matches!(status.phase.as_deref(), Some("Running" | "Pending")) {
         return None;
     }
-    let containers: Vec<Container> = status
-        .container_statuses
-        .iter()
-        .flatten()
-        .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
-        .filter_map(|c| {
-            let id = c.container_id.clone().filter(|id| !id.is_empty())?;
-            Some(Container { name: c.name.clone(), runtime_id: id })
-        })
-        .collect();
+    let containers: Vec<Container> =
+        [&status.container_statuses, &status.init_container_statuses, &status.ephemeral_container_statuses]
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+            .filter_map(|c| {
+                let id = c.container_id.clone().filter(|id| !id.is_empty())?;
+                Some(Container { name: c.name.clone(), runtime_id: id })
+            })
+            .collect();
     (!containers.is_empty()).then_some((node, containers))
 }
 
@@ -125,5 +130,36 @@ mod tests {
         assert_eq!(spec.subjects[0].event_kinds, [v1::Event::Open as i32, v1::Event::Exec as i32]);
         assert!(spec.subjects[0].auto_allow_owner);
         assert_eq!(t["uid-a"].node, "node-a");
+    }
+
+    #[test]
+    fn init_sidecar_and_ephemeral_containers_count() {
+        let status = |name: &str, id: &str, running: bool| {
+            serde_json::json!({"name": name, "image": "x", "imageID": "", "ready": running, "restartCount": 0,
+                               "containerID": id,
+                               "state": if running { serde_json::json!({"running": {}}) } else { serde_json::json!({"terminated": {"exitCode": 0}}) }})
+        };
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "web", "uid": "u", "labels": {"run": "nginx"}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app"}]},
+            "status": {"phase": "Running",
+                "containerStatuses": [status("app", "containerd://a", true)],
+                "initContainerStatuses": [status("setup", "containerd://s", false), status("sidecar", "containerd://c", true)],
+                "ephemeralContainerStatuses": [status("debugger", "containerd://d", true)]}
+        }))
+        .unwrap();
+        let (_, containers) = guardable_containers(&pod).unwrap();
+        let names: Vec<_> = containers.iter().map(|c| (c.name.as_str(), c.runtime_id.as_str())).collect();
+        assert_eq!(names, [("app", "containerd://a"), ("sidecar", "containerd://c"), ("debugger", "containerd://d")]);
+        // A classic init container runs while the pod is Pending: guarded.
+        let init: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "q", "namespace": "web", "uid": "v"},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app"}]},
+            "status": {"phase": "Pending",
+                "containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"waiting": {}}}],
+                "initContainerStatuses": [status("setup", "containerd://s", true)]}
+        }))
+        .unwrap();
+        assert_eq!(guardable_containers(&init).unwrap().1[0].name, "setup");
     }
 }

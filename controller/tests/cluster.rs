@@ -666,12 +666,17 @@ fn two_replicas_elect_one_leader_and_fail_over() {
 /// `kubectl exec POD -- ARGS` in the fixture's namespace: stdout, or the
 /// error text (`Operation not permitted`) when the command fails.
 fn kubectl_exec(c: &Cluster, pod: &str, args: &[&str]) -> String {
+    kubectl(c, &[&["exec", pod, "--"], args].concat())
+}
+
+/// `kubectl -n NS ARGS` as the cluster admin: stdout, or `failed: <stderr>`.
+fn kubectl(c: &Cluster, args: &[&str]) -> String {
     let kubectl = Path::new(&c.env["JANUS_K8S_BIN"]).join("kubectl");
     let out = Command::new("timeout")
         .arg("60")
         .arg(&kubectl)
         .env("KUBECONFIG", &c.env["JANUS_K8S_ADMIN_KUBECONFIG"])
-        .args(["exec", "-n", &c.ns, pod, "--"])
+        .args(["-n", &c.ns])
         .args(args)
         .output()
         .expect("run kubectl");
@@ -756,11 +761,39 @@ fn real_pod_is_guarded_through_kubectl_exec() {
             "container restarted ({first} -> {second}): denied again {:?} after the new ID was seen ({unguarded} reads got through meanwhile)",
             t.elapsed()
         );
+        // A native sidecar (an init container that keeps running) and an
+        // ephemeral container (`kubectl debug`) are guarded like the app.
+        let side: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "side", "labels": {"app": "web"}},
+            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
+                "initContainers": [{"name": "sidecar", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                    "restartPolicy": "Always", "command": ["sleep", "3600"]}],
+                "containers": [{"name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"]}]}
+        }))
+        .unwrap();
+        c.pods().create(&PostParams::default(), &side).await.unwrap();
+        eventually("the sidecar denied", Duration::from_secs(120), || async {
+            kubectl(&c, &["exec", "side", "-c", "sidecar", "--", "cat", "/data/secret/key"]).contains("Operation not permitted")
+        })
+        .await;
+        assert!(kubectl(&c, &["exec", "side", "-c", "app", "--", "cat", "/data/secret/key"]).contains("Operation not permitted"));
+        let debug = kubectl(
+            &c,
+            &["debug", "web", "--image=janus.local/busybox:1", "--image-pull-policy=Never", "-c", "dbg", "--", "sleep", "3600"],
+        );
+        assert!(!debug.starts_with("failed"), "kubectl debug: {debug}");
+        eventually("the ephemeral container denied", Duration::from_secs(120), || async {
+            kubectl(&c, &["exec", "web", "-c", "dbg", "--", "cat", "/data/secret/key"]).contains("Operation not permitted")
+        })
+        .await;
         // Deleted: released.
         c.guards().delete("g", &DeleteParams::default()).await.unwrap();
         eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
         eventually("released", T, || async { kubectl_exec(&c, "web", &["cat", "/data/secret/key"]) == "top secret" })
             .await;
+        assert_eq!(kubectl(&c, &["exec", "side", "-c", "sidecar", "--", "cat", "/data/secret/key"]), "top secret");
         c.delete_pod("web").await;
+        c.delete_pod("side").await;
     });
 }
