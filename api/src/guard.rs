@@ -530,25 +530,33 @@ mod tests {
         assert!(g.validate().is_ok());
     }
 
+    /// Every string of 1 to 7 characters over an alphabet that exercises
+    /// every case of the path syntax.
+    fn short_strings() -> impl Iterator<Item = String> {
+        const ALPHABET: [char; 4] = ['/', '.', '*', 'a'];
+        (1..=7u32).flat_map(|len| {
+            (0..ALPHABET.len().pow(len)).map(move |n| {
+                let mut k = n;
+                (0..len)
+                    .map(|_| {
+                        let c = ALPHABET[k % ALPHABET.len()];
+                        k /= ALPHABET.len();
+                        c
+                    })
+                    .collect()
+            })
+        })
+    }
+
     /// The schema's regular expression accepts exactly what the pattern
-    /// parser accepts, on every string of up to 7 characters over an
-    /// alphabet that exercises every case.
+    /// parser accepts, on every short string.
     #[test]
     fn path_pattern_agrees_with_the_parser() {
         let rx = regex::Regex::new(PATH_PATTERN).unwrap();
-        let alphabet = ['/', '.', '*', 'a'];
         let mut checked = 0;
-        for len in 1..=7u32 {
-            for n in 0..alphabet.len().pow(len) {
-                let mut s = String::new();
-                let mut k = n;
-                for _ in 0..len {
-                    s.push(alphabet[k % alphabet.len()]);
-                    k /= alphabet.len();
-                }
-                assert_eq!(rx.is_match(&s), Pattern::parse(&s).is_ok(), "{s:?}");
-                checked += 1;
-            }
+        for s in short_strings() {
+            assert_eq!(rx.is_match(&s), Pattern::parse(&s).is_ok(), "{s:?}");
+            checked += 1;
         }
         assert!(checked > 20_000);
     }
@@ -557,20 +565,11 @@ mod tests {
     #[test]
     fn executable_pattern_agrees_with_the_validator() {
         let rx = regex::Regex::new(EXECUTABLE_PATTERN).unwrap();
-        let alphabet = ['/', '.', '*', 'a'];
         let mut accepted = 0;
-        for len in 1..=7u32 {
-            for n in 0..alphabet.len().pow(len) {
-                let mut s = String::new();
-                let mut k = n;
-                for _ in 0..len {
-                    s.push(alphabet[k % alphabet.len()]);
-                    k /= alphabet.len();
-                }
-                let ok = validate_executable(&s).is_ok();
-                assert_eq!(rx.is_match(&s), ok, "{s:?}");
-                accepted += ok as u32;
-            }
+        for s in short_strings() {
+            let ok = validate_executable(&s).is_ok();
+            assert_eq!(rx.is_match(&s), ok, "{s:?}");
+            accepted += ok as u32;
         }
         assert!(accepted > 400, "{accepted}");
     }
