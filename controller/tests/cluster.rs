@@ -19,7 +19,7 @@ use janus_tests::pki::Pki;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::{Client, Config};
+use kube::{Client, Config, ResourceExt};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 const CONTROLLER: &str = env!("CARGO_BIN_EXE_janus-controller");
@@ -326,6 +326,29 @@ impl Cluster {
     }
 
     async fn agent_state(&self, node: &str) -> BTreeSet<(String, String)> {
+        let st = self.agent_guards(node).await;
+        st.guards
+            .iter()
+            .map(|g| {
+                let gr = g.guard.as_ref().unwrap();
+                (format!("{}/{}", gr.namespace, gr.name), g.pod.as_ref().unwrap().name.clone())
+            })
+            .collect()
+    }
+
+    /// Pods (by name) whose every container the agent on `node` reports
+    /// guarded.
+    async fn guarded_pods(&self, node: &str) -> BTreeSet<String> {
+        let guarded = janus_proto::v1::ContainerState::Guarded as i32;
+        let st = self.agent_guards(node).await;
+        st.guards
+            .iter()
+            .filter(|g| !g.containers.is_empty() && g.containers.iter().all(|c| c.state_kind == guarded))
+            .map(|g| g.pod.as_ref().unwrap().name.clone())
+            .collect()
+    }
+
+    async fn agent_guards(&self, node: &str) -> janus_proto::v1::GuardState {
         let a = self.agents.iter().find(|a| a.node == node).unwrap();
         let tls = ClientTlsConfig::new()
             .domain_name("janusd")
@@ -341,15 +364,7 @@ impl Cluster {
             .connect()
             .await
             .unwrap();
-        let st =
-            JanusdClient::new(ch).get_guard_state(janus_proto::v1::GetGuardStateRequest {}).await.unwrap().into_inner();
-        st.guards
-            .iter()
-            .map(|g| {
-                let gr = g.guard.as_ref().unwrap();
-                (format!("{}/{}", gr.namespace, gr.name), g.pod.as_ref().unwrap().name.clone())
-            })
-            .collect()
+        JanusdClient::new(ch).get_guard_state(janus_proto::v1::GetGuardStateRequest {}).await.unwrap().into_inner()
     }
 
     async fn status(&self, guard: &str) -> (i32, i32, String) {
@@ -795,5 +810,96 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         assert_eq!(kubectl(&c, &["exec", "side", "-c", "sidecar", "--", "cat", "/data/secret/key"]), "top secret");
         c.delete_pod("web").await;
         c.delete_pod("side").await;
+    });
+}
+
+/// 100 pods created in a burst on the real node, a guard selecting them all
+/// already in place: every one is guarded. Prints creation -> enforcement
+/// (the agent reports every container guarded) p50/p99, and the agent's
+/// memory and CPU with them all guarded.
+#[test]
+#[ignore = "needs root and the real one-node cluster (ci/k8s/cluster.sh)"]
+fn real_node_burst_of_pods_all_guarded() {
+    const PODS: usize = 100;
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::real_node("e2e-burst").await;
+        let node = c.env["JANUS_NODE_NAME"].clone();
+        let _controller = Controller::start(&c.env, &c.pki);
+        c.apply_guard("g", "{app: burst}", &["/data/secret"]).await;
+        let mut created = BTreeMap::new();
+        for i in 0..PODS {
+            let name = format!("b-{i:03}");
+            let pod: Pod = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "labels": {"app": "burst"}},
+                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
+                    "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                    "command": ["sleep", "3600"]}]}
+            }))
+            .unwrap();
+            c.pods().create(&PostParams::default(), &pod).await.unwrap();
+            created.insert(name, Instant::now());
+        }
+        let mut took: BTreeMap<String, Duration> = BTreeMap::new();
+        // When the pod's status first showed its container running (kubelet
+        // and the runtime), to tell their part from the agent's.
+        let mut running: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut after_running: Vec<Duration> = Vec::new();
+        let end = Instant::now() + Duration::from_secs(600);
+        while took.len() < PODS {
+            for p in c.pods().list(&Default::default()).await.map(|l| l.items).unwrap_or_default() {
+                let up = p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| {
+                    cs.iter().all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()) && c.container_id.is_some())
+                });
+                if up {
+                    running.entry(p.name_any()).or_insert_with(Instant::now);
+                }
+            }
+            for p in c.guarded_pods(&node).await {
+                if let Some(t) = created.get(&p)
+                    && !took.contains_key(&p)
+                {
+                    took.insert(p.clone(), t.elapsed());
+                    if let Some(r) = running.get(&p) {
+                        after_running.push(r.elapsed());
+                    }
+                }
+            }
+            assert!(Instant::now() < end, "only {} of {PODS} pods guarded after 10 minutes", took.len());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut d: Vec<Duration> = took.values().copied().collect();
+        d.sort();
+        after_running.sort();
+        let pct = |v: &[Duration], p: usize| v.get((v.len() * p / 100).min(v.len().saturating_sub(1))).copied().unwrap_or_default();
+        eprintln!(
+            "{PODS} pods in a burst: status shows the container running -> every container guarded p50 {:?}, p99 {:?} (over {} pods seen running first)",
+            pct(&after_running, 50),
+            pct(&after_running, 99),
+            after_running.len()
+        );
+        let agent = janus_procfs::ProcFs::default();
+        let pid = c.agents[0].child.as_ref().unwrap().id();
+        let rss = agent.status(pid).ok().and_then(|s| s.vm_rss_kib).unwrap_or(0);
+        let cpu = agent.stat(pid).map(|s| s.utime + s.stime).unwrap_or(0);
+        eprintln!(
+            "{PODS} pods in a burst: creation -> every container guarded p50 {:?}, p99 {:?}, max {:?}; agent RSS {} MiB, CPU {} ticks so far",
+            d[d.len() / 2],
+            d[d.len() * 99 / 100],
+            d[d.len() - 1],
+            rss / 1024,
+            cpu
+        );
+        assert!(kubectl_exec(&c, "b-000", &["cat", "/data/secret/key"]).contains("Operation not permitted"));
+        assert!(kubectl_exec(&c, &format!("b-{:03}", PODS - 1), &["cat", "/data/secret/key"]).contains("Operation not permitted"));
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
+        for name in created.keys() {
+            c.delete_pod(name).await;
+        }
+        eventually("burst pods gone", Duration::from_secs(300), || async {
+            c.pods().list(&Default::default()).await.map(|l| l.items.is_empty()).unwrap_or(false)
+        })
+        .await;
     });
 }
