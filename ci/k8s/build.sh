@@ -66,7 +66,7 @@ STAGING_VERSION=v0.$K8S_MINOR.$K8S_PATCH
 
 wanted=(kube-apiserver etcd)
 [[ $BUILD_KUBECTL == 1 || $BUILD_NODE == 1 ]] && wanted+=(kubectl)
-NODE_K8S=(kubelet kube-controller-manager kube-scheduler)
+NODE_K8S=(kubelet kube-controller-manager kube-scheduler kube-proxy)
 [[ $BUILD_NODE == 1 ]] && wanted+=("${NODE_K8S[@]}" containerd containerd-shim-runc-v2 ctr runc cni/bridge cni/host-local cni/loopback)
 
 have_all() {

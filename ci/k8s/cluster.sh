@@ -83,6 +83,16 @@ down() {
 	for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $DIR/" 2>/dev/null || true); do
 		kill -KILL "$p" 2>/dev/null || true
 	done
+	stop_pidfile "$DIR/kube-proxy.pid"
+	# kube-proxy's and kubelet's iptables chains (KUBE-*) outlive them: drop
+	# every rule and chain naming KUBE-, keep the rest of each table.
+	local ipt
+	for ipt in iptables ip6tables; do
+		command -v "$ipt-save" >/dev/null || continue
+		if "$ipt-save" 2>/dev/null | grep -q 'KUBE-'; then
+			"$ipt-save" | grep -v 'KUBE-' | "$ipt-restore" || log "could not remove the KUBE-* $ipt rules"
+		fi
+	done
 	stop_pidfile "$DIR/kube-scheduler.pid"
 	stop_pidfile "$DIR/kube-controller-manager.pid"
 	if [[ -d $DIR/api ]]; then
@@ -121,6 +131,8 @@ leftovers() {
 	# Any process still using the state directory (components, shims).
 	pgrep -af -- "$DIR/" | grep -v "^$$ " | sed 's/^/process /' || true
 	ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
+	iptables-save 2>/dev/null | grep -q 'KUBE-' && echo "iptables KUBE-* rules"
+	ip6tables-save 2>/dev/null | grep -q 'KUBE-' && echo "ip6tables KUBE-* rules"
 	local h
 	for h in /sys/fs/cgroup/*/$CGROUP_ROOT /sys/fs/cgroup/$CGROUP_ROOT; do
 		[[ -d $h ]] && echo "cgroup $h"
@@ -180,7 +192,7 @@ up() {
 	node_bin=$k8s_bin
 	# Binaries through one directory so containerd finds the shim and runc on PATH.
 	local b
-	for b in etcd kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler \
+	for b in etcd kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler kube-proxy \
 		containerd containerd-shim-runc-v2 ctr runc; do
 		ln -sf "$node_bin/$b" "$DIR/bin/$b"
 	done
@@ -192,6 +204,7 @@ up() {
 	# the default admission plugins, and a client certificate for kubelets.
 	local pki=$DIR/api/pki
 	JANUS_K8S_BIN=$k8s_bin JANUS_K8S_AUTHORIZATION_MODE=Node,RBAC JANUS_K8S_DISABLE_ADMISSION= \
+		JANUS_K8S_BIND_ADDRESS=0.0.0.0 JANUS_K8S_ADVERTISE_ADDRESS=$NODE_IP \
 		JANUS_K8S_APISERVER_ARGS="--enable-admission-plugins=NodeRestriction --kubelet-preferred-address-types=InternalIP --kubelet-client-certificate=$pki/users/janus-admin.crt --kubelet-client-key=$pki/users/janus-admin.key" \
 		"$HERE/start.sh" "$DIR/api" >/dev/null
 	cp -f "$DIR/api/admin.kubeconfig" "$DIR/admin.kubeconfig"
@@ -208,6 +221,14 @@ up() {
 		--authorization-kubeconfig="$DIR/admin.kubeconfig" --leader-elect=false --bind-address=127.0.0.1 --secure-port=10259 \
 		--v=1 </dev/null >"$DIR/kube-scheduler.log" 2>&1 &
 	echo $! >"$DIR/kube-scheduler.pid"
+
+	# kube-proxy (iptables): pods reach the API server through the
+	# "kubernetes" Service (10.0.0.1:443), as in-cluster clients do.
+	kube-proxy --kubeconfig="$DIR/admin.kubeconfig" --hostname-override="$NODE" --cluster-cidr="$POD_CIDR" \
+		--proxy-mode=iptables --bind-address=127.0.0.1 --metrics-bind-address=127.0.0.1:10249 \
+		--healthz-bind-address=127.0.0.1:10256 --conntrack-max-per-core=0 --v=1 \
+		</dev/null >"$DIR/kube-proxy.log" 2>&1 &
+	echo $! >"$DIR/kube-proxy.pid"
 
 	# ---- containerd
 	cat >"$DIR/containerd/config.toml" <<EOF

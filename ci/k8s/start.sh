@@ -27,6 +27,10 @@
 #                            fixed ports (default: free ports picked at random
 #                            in 20000-31999)
 #   JANUS_K8S_APISERVER_ARGS extra kube-apiserver flags (word-split)
+#   JANUS_K8S_BIND_ADDRESS, JANUS_K8S_ADVERTISE_ADDRESS
+#                            where it listens and what the "kubernetes" Service
+#                            points at (127.0.0.1; cluster.sh: 0.0.0.0 and the
+#                            node's IP, so pods reach it through the Service)
 #   JANUS_K8S_AUTHORIZATION_MODE  --authorization-mode (RBAC; cluster.sh: Node,RBAC)
 #   JANUS_K8S_DISABLE_ADMISSION   --disable-admission-plugins (ServiceAccount;
 #                            cluster.sh sets it empty: a controller-manager runs)
@@ -228,12 +232,15 @@ until [[ $(curl -sS --max-time 2 "$ETCD_URL/health" 2>/dev/null) == *'"health":"
 done
 log "etcd healthy"
 
+ADVERTISE=${JANUS_K8S_ADVERTISE_ADDRESS:-127.0.0.1}
+# The endpoint reconciler refuses a loopback advertise address; nothing
+# then needs the "kubernetes" Service's endpoints (no pod talks to it).
+reconciler=lease
+[[ $ADVERTISE == 127.* ]] && reconciler=none
 api_args=(
-	--bind-address=127.0.0.1
-	--advertise-address=127.0.0.1
-	# The endpoint reconciler refuses a loopback advertise address; nothing
-	# here needs the "kubernetes" Service's endpoints.
-	--endpoint-reconciler-type=none
+	--bind-address="${JANUS_K8S_BIND_ADDRESS:-127.0.0.1}"
+	--advertise-address="$ADVERTISE"
+	--endpoint-reconciler-type="$reconciler"
 	--secure-port="$API_PORT"
 	--etcd-servers="$ETCD_URL"
 	--cert-dir="$PKI"

@@ -727,6 +727,10 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         })
         .await;
         assert_eq!(kubectl_exec(&c, "web", &["cat", "/data/secret/key"]), "top secret", "control: unguarded");
+        // In-cluster clients reach the API server through the "kubernetes"
+        // Service (kube-proxy), as the chart's pods will.
+        let svc = kubectl_exec(&c, "web", &["sh", "-c", "nc -w 5 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo connected"]);
+        assert_eq!(svc, "connected", "the API server through its Service");
         // /var/run is a symlink to /run in the image: the rule is enforced
         // at its target inside the container.
         c.apply_guard("g", "{app: web}", &["/data/secret", "/var/run/secrets/token"]).await;
