@@ -180,6 +180,15 @@ up() {
 		return 0
 	fi
 	[[ -d $DIR ]] && down
+	local need=()
+	command -v iptables-restore >/dev/null || need+=(iptables)
+	command -v ip >/dev/null || need+=(iproute2)
+	command -v pgrep >/dev/null || need+=(procps)
+	if ((${#need[@]})); then
+		log "installing ${need[*]} (apt-get)"
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; } >&2 ||
+			die "apt-get install ${need[*]} failed"
+	fi
 	mkdir -p "$DIR"/{bin,cni/net.d,containerd,kubelet,images}
 	# The node's address: kubelet refuses a loopback one; the API server
 	# reaches kubelet there (exec, logs).
