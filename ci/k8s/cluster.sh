@@ -84,15 +84,6 @@ down() {
 		kill -KILL "$p" 2>/dev/null || true
 	done
 	stop_pidfile "$DIR/kube-proxy.pid"
-	# kube-proxy's and kubelet's iptables chains (KUBE-*) outlive them: drop
-	# every rule and chain naming KUBE-, keep the rest of each table.
-	local ipt
-	for ipt in iptables ip6tables; do
-		command -v "$ipt-save" >/dev/null || continue
-		if "$ipt-save" 2>/dev/null | grep -q 'KUBE-'; then
-			"$ipt-save" | grep -v 'KUBE-' | "$ipt-restore" || log "could not remove the KUBE-* $ipt rules"
-		fi
-	done
 	stop_pidfile "$DIR/kube-scheduler.pid"
 	stop_pidfile "$DIR/kube-controller-manager.pid"
 	if [[ -d $DIR/api ]]; then
@@ -117,6 +108,24 @@ down() {
 		find "$h$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
 	done
 	rm -rf "$DIR"
+	# kube-proxy's and kubelet's iptables chains (KUBE-*) outlive them: drop
+	# every rule and chain naming KUBE-, keep the rest of each table. Last,
+	# when nothing that writes them runs any more; again if one reappears
+	# (a process still exiting).
+	# (Saved to a variable first: `save | grep -q` fails under pipefail when
+	# grep exits before save has written everything.)
+	local ipt try rules
+	for try in 1 2 3 4 5; do
+		for ipt in iptables ip6tables; do
+			command -v "$ipt-save" >/dev/null || continue
+			rules=$("$ipt-save" 2>/dev/null) || continue
+			if [[ $rules == *KUBE-* ]]; then
+				grep -v 'KUBE-' <<<"$rules" | "$ipt-restore" || log "could not remove the KUBE-* $ipt rules (try $try)"
+			fi
+		done
+		[[ $(iptables-save 2>/dev/null; ip6tables-save 2>/dev/null) == *KUBE-* ]] || break
+		sleep 1
+	done
 	local left
 	left=$(leftovers)
 	[[ -z $left ]] || die "down left traces behind:
@@ -131,8 +140,11 @@ leftovers() {
 	# Any process still using the state directory (components, shims).
 	pgrep -af -- "$DIR/" | grep -v "^$$ " | sed 's/^/process /' || true
 	ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
-	iptables-save 2>/dev/null | grep -q 'KUBE-' && echo "iptables KUBE-* rules"
-	ip6tables-save 2>/dev/null | grep -q 'KUBE-' && echo "ip6tables KUBE-* rules"
+	local ipt rules
+	for ipt in iptables ip6tables; do
+		rules=$("$ipt-save" 2>/dev/null) || continue
+		grep 'KUBE-' <<<"$rules" | head -n 5 | sed "s/^/$ipt /" || true
+	done
 	local h
 	for h in /sys/fs/cgroup/*/$CGROUP_ROOT /sys/fs/cgroup/$CGROUP_ROOT; do
 		[[ -d $h ]] && echo "cgroup $h"

@@ -36,7 +36,8 @@ fi
 need=()
 command -v umoci >/dev/null || need+=(umoci)
 command -v skopeo >/dev/null || need+=(skopeo)
-[[ -x /bin/busybox ]] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need+=(busybox-static)
+# Debian's busybox-static is the static one (`ldd` says so); busybox is not.
+[[ -x /bin/busybox && $(ldd /bin/busybox 2>&1) == *"not a dynamic"* ]] || need+=(busybox-static)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 if ((${#need[@]})); then
 	log "installing ${need[*]} (apt-get)"
