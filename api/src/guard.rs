@@ -408,14 +408,20 @@ impl Subject {
     }
 }
 
-/// Why a rule path is rejected, or `Ok` if it can be compiled.
-fn validate_path(path: &str) -> Result<(), String> {
+/// What every path in a guard must be: at most PATH_MAX bytes, no NUL.
+fn check_length_and_nul(path: &str) -> Result<(), String> {
     if path.len() > MAX_PATH_LEN {
         return Err(format!("longer than {MAX_PATH_LEN} bytes"));
     }
     if path.contains('\0') {
         return Err(format!("{path:?}: contains a NUL byte"));
     }
+    Ok(())
+}
+
+/// Why a rule path is rejected, or `Ok` if it can be compiled.
+fn validate_path(path: &str) -> Result<(), String> {
+    check_length_and_nul(path)?;
     match Pattern::parse(path) {
         Ok(_) => Ok(()),
         Err(PatternError(reason)) => Err(format!("{path:?}: {reason}")),
@@ -424,12 +430,7 @@ fn validate_path(path: &str) -> Result<(), String> {
 
 /// Why an `allowProcesses` entry is rejected: it must name one file.
 fn validate_executable(path: &str) -> Result<(), String> {
-    if path.len() > MAX_PATH_LEN {
-        return Err(format!("longer than {MAX_PATH_LEN} bytes"));
-    }
-    if path.contains('\0') {
-        return Err(format!("{path:?}: contains a NUL byte"));
-    }
+    check_length_and_nul(path)?;
     if !path.starts_with('/') {
         return Err(format!("{path:?}: must be an absolute path"));
     }

@@ -678,6 +678,27 @@ fn two_replicas_elect_one_leader_and_fail_over() {
     });
 }
 
+/// A container `name` of the test image built by ci/k8s/images.sh running
+/// `command` (the image is imported, never pulled).
+fn busybox_container(name: &str, command: &[&str]) -> k8s_openapi::api::core::v1::Container {
+    serde_json::from_value(serde_json::json!({
+        "name": name, "image": "janus.local/busybox:1", "imagePullPolicy": "Never", "command": command
+    }))
+    .unwrap()
+}
+
+/// A pod `name` labelled `app: APP` on the real node, its container `app`
+/// running `command`; stopped at once when deleted.
+fn busybox_pod(name: &str, node: &str, app: &str, command: &[&str]) -> Pod {
+    let mut pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": app}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": []}
+    }))
+    .unwrap();
+    pod.spec.as_mut().unwrap().containers = vec![busybox_container("app", command)];
+    pod
+}
+
 /// `kubectl exec POD -- ARGS` in the fixture's namespace: stdout, or the
 /// error text (`Operation not permitted`) when the command fails.
 fn kubectl_exec(c: &Cluster, pod: &str, args: &[&str]) -> String {
@@ -713,15 +734,10 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         let c = Cluster::real_node("e2e-node").await;
         let node = c.env["JANUS_NODE_NAME"].clone();
         let _controller = Controller::start(&c.env, &c.pki);
-        let pod: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "restartPolicy": "Always", "containers": [{
-                "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
-                // Exits when told (a pid namespace's init ignores kill).
-                "command": ["sh", "-c", "while [ ! -e /tmp/stop ]; do sleep 0.1; done"]}]}
-        }))
-        .unwrap();
-        c.pods().create(&PostParams::default(), &pod).await.unwrap();
+        // Exits when told (a pid namespace's init ignores kill); kubelet
+        // then restarts it (restartPolicy Always, the default).
+        let web = busybox_pod("web", &node, "web", &["sh", "-c", "while [ ! -e /tmp/stop ]; do sleep 0.1; done"]);
+        c.pods().create(&PostParams::default(), &web).await.unwrap();
         eventually("pod web Running", Duration::from_secs(120), || async {
             c.pods().get("web").await.ok().and_then(|p| p.status?.phase).as_deref() == Some("Running")
         })
@@ -782,15 +798,10 @@ fn real_pod_is_guarded_through_kubectl_exec() {
         );
         // A native sidecar (an init container that keeps running) and an
         // ephemeral container (`kubectl debug`) are guarded like the app.
-        let side: Pod = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "side", "labels": {"app": "web"}},
-            "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0,
-                "initContainers": [{"name": "sidecar", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
-                    "restartPolicy": "Always", "command": ["sleep", "3600"]}],
-                "containers": [{"name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"]}]}
-        }))
-        .unwrap();
+        let mut side = busybox_pod("side", &node, "web", &["sleep", "3600"]);
+        let mut sidecar = busybox_container("sidecar", &["sleep", "3600"]);
+        sidecar.restart_policy = Some("Always".into());
+        side.spec.as_mut().unwrap().init_containers = Some(vec![sidecar]);
         c.pods().create(&PostParams::default(), &side).await.unwrap();
         eventually("the sidecar denied", Duration::from_secs(120), || async {
             kubectl(&c, &["exec", "side", "-c", "sidecar", "--", "cat", "/data/secret/key"]).contains("Operation not permitted")
@@ -834,13 +845,7 @@ fn real_node_burst_of_pods_all_guarded() {
         let mut created = BTreeMap::new();
         for i in 0..PODS {
             let name = format!("b-{i:03}");
-            let pod: Pod = serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "labels": {"app": "burst"}},
-                "spec": {"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{
-                    "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
-                    "command": ["sleep", "3600"]}]}
-            }))
-            .unwrap();
+            let pod = busybox_pod(&name, &node, "burst", &["sleep", "3600"]);
             c.pods().create(&PostParams::default(), &pod).await.unwrap();
             created.insert(name, Instant::now());
         }

@@ -240,7 +240,7 @@ impl Decider {
                 if again.is_some_and(|n| self.recheck[..n] == self.path[..len]) && nlink == 1 {
                     self.cache_inserts.increment(1);
                 } else {
-                    cache::uncache(rt.perm.as_fd(), &event_fd_path(fd));
+                    cache::uncache(rt.perm.as_fd(), &sys::fd_magic_path(fd));
                     self.cache_takebacks.increment(1);
                     remember = true;
                 }
@@ -313,12 +313,6 @@ fn is_dynamic_loader(exe: &str) -> bool {
     let name = exe.rsplit('/').next().unwrap_or(exe);
     let name = name.strip_suffix(" (deleted)").unwrap_or(name);
     name == "ld.so" || name.starts_with("ld64.so") || (name.starts_with("ld-") && name.contains(".so"))
-}
-
-/// `/proc/self/fd/N` of an event fd (the engine owns it until its response
-/// is sent).
-fn event_fd_path(fd: RawFd) -> std::ffi::CString {
-    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
 }
 
 /// Whether process `pid` runs one of `exes` (`allowProcesses`), read now:

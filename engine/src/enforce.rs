@@ -387,7 +387,7 @@ impl Loop {
             return;
         };
         for fd in &batch.uncache {
-            cache::uncache(slot.rt.perm.as_fd(), &sys::fd_magic_path(fd.as_fd()));
+            cache::uncache(slot.rt.perm.as_fd(), &sys::fd_magic_path(fd.as_raw_fd()));
         }
         for (key, entry) in batch.entries {
             let full = slot.map.len() >= MAX_ENTRIES;

@@ -99,7 +99,7 @@ impl Held {
         let rel = CString::new(if rel.is_empty() { "." } else { rel })
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         let fd = sys::openat2_in_root_no_symlinks(rt.rootfd.as_fd(), &rel)?;
-        Ok(Held { magic: sys::fd_magic_path(fd.as_fd()), fd })
+        Ok(Held { magic: sys::fd_magic_path(std::os::fd::AsRawFd::as_raw_fd(&fd)), fd })
     }
 
     fn id(&self) -> std::io::Result<sys::FileId> {

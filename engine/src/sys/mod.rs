@@ -215,9 +215,10 @@ fn openat2(dirfd: BorrowedFd<'_>, path: &CStr, resolve: u64) -> io::Result<Owned
 /// `/proc/self/fd/N` for an fd of ours: a path that every path-taking call
 /// (`fanotify_mark`, `opendir`) follows to exactly the object the fd holds,
 /// wherever it is now, whatever was swapped in on the way. It names the fd
-/// only while the fd stays open.
-pub fn fd_magic_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
-    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+/// only while the fd stays open (a held fd, or an event fd the engine owns
+/// until its response is sent).
+pub fn fd_magic_path(fd: RawFd) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{fd}")).expect("no NUL in a number")
 }
 
 /// `pidfd_open(pid, 0)`: a handle on one run of a process. While the
