@@ -4,6 +4,7 @@
 
 pub mod containers;
 pub mod limits;
+pub mod node_setup;
 pub mod observe;
 pub mod service;
 pub mod state;

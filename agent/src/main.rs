@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod serve;
+mod setup;
 mod standalone;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,9 @@ enum Command {
     Standalone(standalone::Args),
     /// Node agent for Kubernetes: serve the janus.v1 gRPC API to the controller.
     Serve(serve::Args),
+    /// Prepare this node for the agent (the DaemonSet's privileged init
+    /// container): install its seccomp profile, raise fanotify limits.
+    NodeSetup(setup::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +35,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Standalone(args) => standalone::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::NodeSetup(args) => setup::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -3,7 +3,8 @@
 #
 # A real one-node Kubernetes cluster on this machine, everything built from
 # source (ci/k8s/build.sh with JANUS_K8S_NODE=1) and every image built here
-# (ci/k8s/images.sh): etcd, kube-apiserver, kube-controller-manager,
+# (ci/k8s/images.sh, and the Janus images from the shipped Dockerfiles by
+# deploy/docker/build.sh): etcd, kube-apiserver, kube-controller-manager,
 # kube-scheduler, containerd 2 with runc and the CNI bridge plugins, and a
 # kubelet (cgroupfs driver, cgroup v1 allowed: PID 1 here is not systemd).
 #
@@ -18,7 +19,13 @@
 #           is left and fails, listing them, if any is
 #   status  says whether it runs
 #
-# State lives in ${JANUS_CLUSTER_DIR:-/tmp/janus-cluster} (logs: *.log there).
+# State lives in ${JANUS_CLUSTER_DIR:-/tmp/janus-cluster} (logs: *.log there),
+# except kubelet's root, which is where every kubelet has it (/var/lib/kubelet,
+# JANUS_KUBELET_ROOT) so that charts find seccomp profiles where they would on
+# any node; `up` refuses one it did not make, `down` removes it.
+# The Janus images are imported as ghcr.io/clustergarage/{janusd,janus-controller}
+# tagged with the chart's appVersion (the chart's defaults; rebuilt from this
+# checkout on every `up`), so `helm install` needs no image values.
 # Environment (optional): JANUS_CLUSTER_DIR, JANUS_CLUSTER_TIMEOUT (seconds to
 # wait for the node, 240), JANUS_NODE_NAME (janus-node), JANUS_POD_CIDR
 # (10.88.0.0/16), JANUS_NODE_IP (default: the source address of the default
@@ -33,6 +40,13 @@ POD_CIDR=${JANUS_POD_CIDR:-10.88.0.0/16}
 BRIDGE=janus0
 SANDBOX_IMAGE=janus.local/pause:1
 CGROUP_ROOT=janus-node
+KUBELET_ROOT=${JANUS_KUBELET_ROOT:-/var/lib/kubelet}
+# Marks a kubelet root as this script's (down removes only such a one).
+KUBELET_MARK=.janus-test-cluster
+# The agent's state directory when the chart runs with its defaults
+# (agent.stateDir, a hostPath): the cluster's too when `up` made it.
+AGENT_STATE=/var/lib/janus
+ROOT=$(cd "$HERE/../.." && pwd)
 
 log() { printf '[k8s/cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -89,11 +103,18 @@ down() {
 	if [[ -d $DIR/api ]]; then
 		"$HERE/stop.sh" "$DIR/api" >/dev/null 2>&1 || true
 	fi
-	# Mounts under the state dir (overlay roots, shm, tmpfs volumes), deepest first.
+	# Mounts under the state dir and kubelet's root (overlay roots, shm,
+	# tmpfs and projected volumes), deepest first.
 	local m
-	for m in $(awk -v d="$DIR/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r); do
+	for m in $(awk -v d="$DIR/" -v k="$KUBELET_ROOT/" 'index($2, d) == 1 || index($2, k) == 1 {print $2}' /proc/self/mounts | sort -r); do
 		umount -l "$m" 2>/dev/null || true
 	done
+	if [[ -e $KUBELET_ROOT/$KUBELET_MARK ]]; then
+		rm -rf "$KUBELET_ROOT"
+	fi
+	if [[ -e $AGENT_STATE/$KUBELET_MARK ]]; then
+		rm -rf "$AGENT_STATE"
+	fi
 	# Network: the namespaces CNI made, the bridge (its veths go with the namespaces).
 	for m in $(awk '$2 ~ "^/(var/)?run/netns/cni-" {print $2}' /proc/self/mounts); do
 		umount -l "$m" 2>/dev/null || true
@@ -135,7 +156,7 @@ $left"
 
 # What of a cluster is still on the machine (empty when nothing).
 leftovers() {
-	awk -v d="$DIR/" 'index($2, d) == 1 {print "mount " $2}' /proc/self/mounts
+	awk -v d="$DIR/" -v k="$KUBELET_ROOT/" 'index($2, d) == 1 || index($2, k) == 1 {print "mount " $2}' /proc/self/mounts
 	awk '$2 ~ "^/(var/)?run/netns/cni-" {print "netns " $2}' /proc/self/mounts
 	# Any process still using the state directory (components, shims).
 	pgrep -af -- "$DIR/" | grep -v "^$$ " | sed 's/^/process /' || true
@@ -150,6 +171,8 @@ leftovers() {
 		[[ -d $h ]] && echo "cgroup $h"
 	done
 	[[ -e $DIR ]] && echo "directory $DIR"
+	[[ -e $KUBELET_ROOT/$KUBELET_MARK ]] && echo "directory $KUBELET_ROOT"
+	[[ -e $AGENT_STATE/$KUBELET_MARK ]] && echo "directory $AGENT_STATE"
 	return 0
 }
 
@@ -191,7 +214,12 @@ up() {
 		echo "$DIR/admin.kubeconfig"
 		return 0
 	fi
-	[[ -d $DIR ]] && down
+	[[ -d $DIR || -e $KUBELET_ROOT/$KUBELET_MARK ]] && down
+	# (device-plugins/ is made by any kubelet, whatever its root: the path is
+	# fixed in kubelet.)
+	local other
+	other=$(find "$KUBELET_ROOT" -mindepth 1 -maxdepth 1 ! -name device-plugins 2>/dev/null | head -n 3)
+	[[ -z $other ]] || die "$KUBELET_ROOT holds files this script did not make ($other ...): a kubelet runs or ran here; set JANUS_KUBELET_ROOT to another directory"
 	local need=()
 	command -v iptables-restore >/dev/null || need+=(iptables)
 	command -v ip >/dev/null || need+=(iproute2)
@@ -291,6 +319,13 @@ EOF
 		ctr --address "$DIR/containerd/containerd.sock" -n k8s.io images import --no-unpack=false "$a" >/dev/null ||
 			die "import $a into containerd"
 	done
+	# The Janus images, from the shipped Dockerfiles (deploy/docker/), under
+	# the chart's default names.
+	archives=$("$ROOT/deploy/docker/build.sh" | tail -n1)
+	for a in "$archives"/janusd.tar "$archives"/janus-controller.tar; do
+		ctr --address "$DIR/containerd/containerd.sock" -n k8s.io images import --no-unpack=false "$a" >/dev/null ||
+			die "import $a into containerd"
+	done
 	log "images: $(ctr --address "$DIR/containerd/containerd.sock" -n k8s.io images ls -q | tr '\n' ' ')"
 
 	# ---- kubelet
@@ -333,8 +368,16 @@ EOF
 			[[ -n $(cat "$h$CGROUP_ROOT/cpuset.mems") ]] || cat "${h}cpuset.mems" >"$h$CGROUP_ROOT/cpuset.mems"
 		fi
 	done
+	mkdir -p "$KUBELET_ROOT"
+	touch "$KUBELET_ROOT/$KUBELET_MARK"
+	# An agent state directory that was here before is someone else's: left
+	# alone (and not removed by down).
+	if [[ ! -e $AGENT_STATE ]]; then
+		mkdir -p "$AGENT_STATE"
+		touch "$AGENT_STATE/$KUBELET_MARK"
+	fi
 	log "starting kubelet as node $NODE (log $DIR/kubelet.log)"
-	kubelet --config="$DIR/kubelet/config.yaml" --kubeconfig="$node_kc" --root-dir="$DIR/kubelet/root" \
+	kubelet --config="$DIR/kubelet/config.yaml" --kubeconfig="$node_kc" --root-dir="$KUBELET_ROOT" \
 		--cert-dir="$DIR/kubelet/pki" --hostname-override="$NODE" --node-ip="$NODE_IP" --v=1 \
 		</dev/null >"$DIR/kubelet.log" 2>&1 &
 	echo $! >"$DIR/kubelet.pid"
@@ -345,7 +388,8 @@ EOF
 	wait_for "ServiceAccount default/default" kubectl get serviceaccount default -n default
 	{
 		cat "$DIR/api/env"
-		printf 'export JANUS_NODE_NAME=%q\nexport JANUS_CLUSTER_DIR=%q\nexport JANUS_NODE_IP=%q\n' "$NODE" "$DIR" "$NODE_IP"
+		printf 'export JANUS_NODE_NAME=%q\nexport JANUS_CLUSTER_DIR=%q\nexport JANUS_NODE_IP=%q\nexport JANUS_KUBELET_ROOT=%q\nexport JANUS_CONTAINERD_SOCK=%q\n' \
+			"$NODE" "$DIR" "$NODE_IP" "$KUBELET_ROOT" "$DIR/containerd/containerd.sock"
 	} >"$DIR/env"
 	log "up: node $NODE Ready; KUBECONFIG=$DIR/admin.kubeconfig; env for tests: $DIR/env"
 	echo "$DIR/admin.kubeconfig"

@@ -137,7 +137,28 @@ fn rendered_manifests_are_in_sync_with_the_chart() {
     assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
     let hostpaths: Vec<_> =
         pod["volumes"].as_array().unwrap().iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
-    assert_eq!(hostpaths, ["/var/lib/janus"]);
+    assert_eq!(hostpaths, ["/var/lib/janus", "/var/lib/kubelet/seccomp"]);
+    // The one privileged container is the node-setup init container: the
+    // agent's own binary, installing the profile the agent's pod names, with
+    // only kubelet's seccomp directory of the host.
+    let init = &pod["initContainers"][0];
+    assert_eq!(pod["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(init["image"], c["image"]);
+    assert_eq!(init["command"], serde_json::json!(["/usr/local/bin/janusd", "node-setup"]));
+    assert_eq!(init["securityContext"]["privileged"], true);
+    let profile = pod["securityContext"]["seccompProfile"]["localhostProfile"].as_str().unwrap();
+    assert!(
+        init["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == &format!("--seccomp-profile=/host/kubelet-seccomp/{profile}")),
+        "{init}"
+    );
+    assert_eq!(
+        init["volumeMounts"],
+        serde_json::json!([{"name": "kubelet-seccomp", "mountPath": "/host/kubelet-seccomp"}])
+    );
     let svc = find(&rendered, "Service", "janusd");
     assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == "grpc" && p["port"] == 9440));
     let dep = find(&rendered, "Deployment", "janus-controller");
@@ -181,6 +202,9 @@ fn helm_lint_is_clean() {
         &[][..],
         &["--set", "tls.mode=existingSecret"],
         &["--set", "tls.mode=insecure"],
+        &["--set", "tls.mode=generate"],
+        &["--set", "tls.mode=certManager"],
+        &["--set", "agent.nodeSetup.enabled=false"],
         &[
             "--set",
             "metrics.serviceMonitor.enabled=true",
@@ -203,6 +227,22 @@ fn helm_lint_is_clean() {
         .output()
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("tls.mode must be"));
+    // tls.mode=auto (the default): the chart's own CA and certificates
+    // without cert-manager, cert-manager's when the cluster serves it.
+    let kinds = |extra: &[&str]| -> BTreeSet<String> {
+        let out = run(Command::new(&helm).args(["template", "--kube-version", "v1.37.2"]).arg(&chart).args(extra));
+        docs(&out)
+            .iter()
+            .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+            .collect()
+    };
+    let plain = kinds(&[]);
+    for s in ["Secret/janus-ca", "Secret/janusd-tls", "Secret/janus-controller-tls"] {
+        assert!(plain.contains(s), "{s} not made without cert-manager: {plain:?}");
+    }
+    assert!(!plain.iter().any(|k| k.starts_with("Certificate/")), "{plain:?}");
+    let cm = kinds(&["--api-versions", "cert-manager.io/v1"]);
+    assert!(cm.contains("Certificate/janusd") && !cm.contains("Secret/janusd-tls"), "{cm:?}");
 }
 
 #[test]
