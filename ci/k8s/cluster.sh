@@ -106,7 +106,8 @@ down() {
 	# Mounts under the state dir and kubelet's root (overlay roots, shm,
 	# tmpfs and projected volumes), deepest first.
 	local m
-	for m in $(awk -v d="$DIR/" -v k="$KUBELET_ROOT/" 'index($2, d) == 1 || index($2, k) == 1 {print $2}' /proc/self/mounts | sort -r); do
+	# (kubelet bind-mounts its root on itself to make it shared.)
+	for m in $(awk -v d="$DIR/" -v k="$KUBELET_ROOT" 'index($2, d) == 1 || $2 == k || index($2, k "/") == 1 {print $2}' /proc/self/mounts | sort -r); do
 		umount -l "$m" 2>/dev/null || true
 	done
 	if [[ -e $KUBELET_ROOT/$KUBELET_MARK ]]; then
@@ -156,7 +157,7 @@ $left"
 
 # What of a cluster is still on the machine (empty when nothing).
 leftovers() {
-	awk -v d="$DIR/" -v k="$KUBELET_ROOT/" 'index($2, d) == 1 || index($2, k) == 1 {print "mount " $2}' /proc/self/mounts
+	awk -v d="$DIR/" -v k="$KUBELET_ROOT" 'index($2, d) == 1 || $2 == k || index($2, k "/") == 1 {print "mount " $2}' /proc/self/mounts
 	awk '$2 ~ "^/(var/)?run/netns/cni-" {print "netns " $2}' /proc/self/mounts
 	# Any process still using the state directory (components, shims).
 	pgrep -af -- "$DIR/" | grep -v "^$$ " | sed 's/^/process /' || true
@@ -218,7 +219,7 @@ up() {
 	# (device-plugins/ is made by any kubelet, whatever its root: the path is
 	# fixed in kubelet.)
 	local other
-	other=$(find "$KUBELET_ROOT" -mindepth 1 -maxdepth 1 ! -name device-plugins 2>/dev/null | head -n 3)
+	other=$(find "$KUBELET_ROOT" -mindepth 1 -maxdepth 1 ! -name device-plugins 2>/dev/null | head -n 3 || true)
 	[[ -z $other ]] || die "$KUBELET_ROOT holds files this script did not make ($other ...): a kubelet runs or ran here; set JANUS_KUBELET_ROOT to another directory"
 	local need=()
 	command -v iptables-restore >/dev/null || need+=(iptables)
