@@ -41,7 +41,8 @@ BRIDGE=janus0
 SANDBOX_IMAGE=janus.local/pause:1
 CGROUP_ROOT=janus-node
 KUBELET_ROOT=${JANUS_KUBELET_ROOT:-/var/lib/kubelet}
-# Marks a kubelet root as this script's (down removes only such a one).
+# Marks a kubelet root as this script's and names the cluster's DIR (down
+# removes only such a one, and only for its own DIR).
 KUBELET_MARK=.janus-test-cluster
 # The agent's state directory when the chart runs with its defaults
 # (agent.stateDir, a hostPath): the cluster's too when `up` made it.
@@ -73,7 +74,17 @@ stop_pidfile() {
 	rm -f "$f"
 }
 
+# The cluster whose kubelet root this is (its DIR, in the marker), if any.
+kubelet_root_owner() { cat "$KUBELET_ROOT/$KUBELET_MARK" 2>/dev/null || true; }
+
 down() {
+	# One node, one cluster: kubelet's root, the bridge and the iptables
+	# chains are the machine's. Never tear down another DIR's cluster.
+	local owner
+	owner=$(kubelet_root_owner)
+	if [[ -n $owner && $owner != "$DIR" && -d $owner ]]; then
+		die "this machine's cluster lives in $owner, not $DIR: JANUS_CLUSTER_DIR=$owner $0 down"
+	fi
 	log "stopping the cluster in $DIR"
 	stop_pidfile "$DIR/kubelet.pid"
 	if [[ -S $DIR/containerd/containerd.sock ]] && pid_alive "$DIR/containerd.pid"; then
@@ -214,6 +225,11 @@ up() {
 		log "already running"
 		echo "$DIR/admin.kubeconfig"
 		return 0
+	fi
+	local owner
+	owner=$(kubelet_root_owner)
+	if [[ -n $owner && $owner != "$DIR" && -d $owner ]]; then
+		die "a cluster from $owner runs on this machine (one per machine): JANUS_CLUSTER_DIR=$owner $0 down first"
 	fi
 	[[ -d $DIR || -e $KUBELET_ROOT/$KUBELET_MARK ]] && down
 	# (device-plugins/ is made by any kubelet, whatever its root: the path is
@@ -370,12 +386,12 @@ EOF
 		fi
 	done
 	mkdir -p "$KUBELET_ROOT"
-	touch "$KUBELET_ROOT/$KUBELET_MARK"
+	echo "$DIR" >"$KUBELET_ROOT/$KUBELET_MARK"
 	# An agent state directory that was here before is someone else's: left
 	# alone (and not removed by down).
 	if [[ ! -e $AGENT_STATE ]]; then
 		mkdir -p "$AGENT_STATE"
-		touch "$AGENT_STATE/$KUBELET_MARK"
+		echo "$DIR" >"$AGENT_STATE/$KUBELET_MARK"
 	fi
 	log "starting kubelet as node $NODE (log $DIR/kubelet.log)"
 	kubelet --config="$DIR/kubelet/config.yaml" --kubeconfig="$node_kc" --root-dir="$KUBELET_ROOT" \

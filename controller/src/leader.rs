@@ -3,6 +3,9 @@
 //! `duration / 3`; a replica takes over when the lease has not been renewed
 //! for `duration`. Losing the lease ends the process (the Deployment
 //! restarts it as a follower), which is simpler than stopping mid-flight.
+//! A leader that stops on SIGTERM (a rollout, a deleted pod) releases the
+//! lease first, so a follower takes over at its next attempt instead of
+//! after the whole duration.
 
 use std::time::Duration;
 
@@ -60,11 +63,13 @@ impl Election {
             Some(mut lease) => {
                 let spec = lease.spec.clone().unwrap_or_default();
                 let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-                let expired = spec.renew_time.as_ref().is_none_or(|t| {
-                    let age = Timestamp::now().duration_since(t.0);
-                    let limit = spec.lease_duration_seconds.unwrap_or(15) as i64;
-                    age.as_secs() >= limit
-                });
+                let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+                let expired = released
+                    || spec.renew_time.as_ref().is_none_or(|t| {
+                        let age = Timestamp::now().duration_since(t.0);
+                        let limit = spec.lease_duration_seconds.unwrap_or(15) as i64;
+                        age.as_secs() >= limit
+                    });
                 if !ours && !expired {
                     return Ok(false);
                 }
@@ -79,6 +84,24 @@ impl Election {
                     Err(e) => Err(e),
                 }
             }
+        }
+    }
+
+    /// Gives the lease up if this replica holds it (no holder, as
+    /// client-go's ReleaseOnCancel leaves it); `Ok(false)` when it did not.
+    pub async fn release(&self) -> Result<bool, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
+        let mut spec = lease.spec.clone().unwrap_or_default();
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(false);
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        lease.spec = Some(spec);
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

@@ -110,6 +110,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let mut leadership = None;
     if args.leader_elect {
         let ns = args.lease_namespace.clone().unwrap_or_else(|| args.agent_namespace.clone());
         let election = leader::Election::new(client.clone(), &ns, &args.lease_name, &identity, args.lease_duration);
@@ -118,11 +119,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         election.acquire().await;
         metrics::gauge!("janus_controller_leader").set(1.0);
         tracing::info!(%identity, "became leader");
-        tokio::spawn(async move {
-            election.keep().await;
+        let keeper = election.clone();
+        let renewing = tokio::spawn(async move {
+            keeper.keep().await;
             tracing::error!("lost the leader lease; exiting so that another replica takes over");
             std::process::exit(1);
         });
+        leadership = Some((election, renewing));
     }
 
     let (pod_store, pod_writer) = reflector::store::<Pod>();
@@ -211,6 +214,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         })
         .await;
+    if let Some((election, renewing)) = leadership {
+        // Stopped by a signal: hand the lease over now rather than let the
+        // followers wait out its duration. Bounded: the API may not answer.
+        renewing.abort();
+        match tokio::time::timeout(Duration::from_secs(5), election.release()).await {
+            Ok(Ok(true)) => tracing::info!("released the leader lease"),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "releasing the leader lease"),
+            Err(_) => tracing::warn!("releasing the leader lease: no answer within 5 s"),
+        }
+        metrics::gauge!("janus_controller_leader").set(0.0);
+    }
     tracing::info!("janus-controller stopped");
     Ok(())
 }

@@ -671,10 +671,26 @@ fn two_replicas_elect_one_leader_and_fail_over() {
         // The new leader acts: an edit is enforced.
         c.apply_guard("g", "{app: web}", &["/data/other"]).await;
         eventually("edit enforced by the new leader", T, || async { web.op("open", "/data/secret") == "ok" }).await;
+        // A leader stopped by SIGTERM (a rollout, a deleted pod) releases the
+        // lease before it exits: read right after the exit, no one or the
+        // follower holds it, never the replica that is gone (before, it was
+        // held until its duration ran out).
+        let mut second = second;
+        let third = Controller::start_with(&c.env, &c.pki, &args("replica-3"));
+        let pid = second.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let end = Instant::now() + T;
+        while second.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < end, "replica-2 did not exit on SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after = holder().await;
+        assert_ne!(after.as_deref(), Some("replica-2"), "the stopped leader still holds the lease");
+        eventually("replica-3 takes over", T, || async { holder().await.as_deref() == Some("replica-3") }).await;
         c.guards().delete("g", &DeleteParams::default()).await.unwrap();
         eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
         c.delete_pod("web-1").await;
-        drop(second);
+        drop(third);
     });
 }
 

@@ -162,9 +162,12 @@ impl Drop for Node {
     fn drop(&mut self) {
         // Whatever happened: guards first (their finalizers need the
         // controller), then the release, then the namespaces.
-        let _ = self.kubectl(&["delete", "janusguards", "--all", "-n", &self.work, "--wait", "--timeout=60s"]);
+        let readme = format!("{}-readme", self.work);
+        for ns in [&self.work, &readme] {
+            let _ = self.kubectl(&["delete", "janusguards", "--all", "-n", ns, "--wait", "--timeout=60s"]);
+        }
         let _ = self.helm(&["uninstall", "janus", "-n", NS, "--wait", "--timeout", "90s"]);
-        let _ = self.kubectl(&["delete", "ns", &self.work, NS, "janus-psa-probe", "--wait=false"]);
+        let _ = self.kubectl(&["delete", "ns", &self.work, &readme, NS, "janus-psa-probe", "--wait=false"]);
     }
 }
 
@@ -290,6 +293,43 @@ fn helm_install_guards_real_pods_until_uninstalled() {
     assert!(agent_log.contains("backend=\"io_uring\""), "the agent's seccomp profile allows io_uring:\n{agent_log}");
     assert_eq!(node.agent_pids().len(), 1, "one agent process on the node");
 
+    // ---- The README's walk-through, as written there (a namespace without
+    // Pod Security labels: `kubectl run` makes a root pod).
+    let readme = format!("{}-readme", node.work);
+    node.k(&["create", "ns", &readme]);
+    node.k(&[
+        "-n",
+        &readme,
+        "run",
+        "web",
+        "--image=janus.local/busybox:1",
+        "--image-pull-policy=Never",
+        "-l",
+        "app=web",
+        "--command",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    node.k(&["-n", &readme, "wait", "--for=condition=Ready", "pod/web", "--timeout=120s"]);
+    node.k(&[
+        "-n",
+        &readme,
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/real-node-guard.yaml"),
+    ]);
+    eventually("the README's guard denies", T, || {
+        node.kubectl(&["-n", &readme, "exec", "web", "--", "cat", "/data/secret/key"])
+            .is_err_and(|e| e.contains("can't open '/data/secret/key': Operation not permitted"))
+    });
+    eventually("the README's kubectl get jg", T, || {
+        node.k(&["-n", &readme, "get", "jg", "--no-headers"]).split_whitespace().take(3).collect::<Vec<_>>()
+            == ["web", "1", "1"]
+    });
+    node.k(&["-n", &readme, "delete", "jg", "web", "--wait", "--timeout=60s"]);
+    node.k(&["delete", "ns", &readme, "--wait=false"]);
+
     // ---- A guarded pod in a restricted namespace, through the API only.
     node.k(&["create", "ns", &node.work]);
     node.k(&["label", "ns", &node.work, "pod-security.kubernetes.io/enforce=restricted"]);
@@ -353,6 +393,36 @@ fn helm_install_guards_real_pods_until_uninstalled() {
                 && l.contains("\"path\":\"/data/secret/key\"")
         })
     });
+
+    // ---- An init container (run to completion) is guarded too: it waits
+    // until its open of the denied file fails, so the pod only starts when
+    // the guard reached the init container.
+    node.guard("init", "init", serde_json::json!({"deny": ["/data/secret"]}));
+    let init = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "init", "namespace": node.work, "labels": {"app": "init"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "runAsGroup": 65534,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [{
+                "name": "setup", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["sh", "-c", "while cat /data/secret/key >/dev/null 2>&1; do sleep 0.05; done; cat /data/secret/key; exit 0"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+            }],
+            "containers": [{
+                "name": "app", "image": "janus.local/busybox:1", "imagePullPolicy": "Never",
+                "command": ["sleep", "3600"],
+                "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}
+            }]
+        }
+    });
+    node.apply(&init.to_string());
+    node.wait_ready(&["pod/init"]);
+    let setup = node.k(&["-n", &node.work, "logs", "init", "-c", "setup"]);
+    assert!(setup.contains("Operation not permitted"), "the init container was denied: {setup}");
+    assert!(node.cat("init", "/data/secret/key").contains("Operation not permitted"), "and then the app");
+    node.k(&["-n", &node.work, "delete", "pod", "init", "--wait=false"]);
 
     // ---- Container start -> first denied open, over many pod starts, with
     // the guard in place first (the path a new pod takes today).
@@ -520,8 +590,13 @@ fn helm_install_guards_real_pods_until_uninstalled() {
     std::thread::sleep(Duration::from_secs(10));
     let cpu = (ticks(pid) - c0) as f64 / 100.0 / t0.elapsed().as_secs_f64();
     let rss = procfs.status(pid).unwrap().vm_rss_kib.unwrap_or(0);
+    let guarded: u64 = node
+        .k(&["-n", &node.work, "get", "jg", "-o", "jsonpath={.items[*].status.guardedPods}"])
+        .split_whitespace()
+        .filter_map(|n| n.parse::<u64>().ok())
+        .sum();
     eprintln!(
-        "agent with 53 guarded pods (50 idle + 3): RSS {} MiB, idle CPU {:.1}% of one core",
+        "agent with {guarded} guarded pods (50 of them idle): RSS {} MiB, idle CPU {:.1}% of one core",
         rss / 1024,
         cpu * 100.0
     );
