@@ -13,7 +13,8 @@
 #
 # Defaults: REG ghcr.io/clustergarage (the chart's image.registry), TAG the
 # chart's appVersion, DIR target/images. Prints DIR as its last line.
-# Installs buildah with apt-get when it is missing and the builder is buildah.
+# Installs buildah (when it is the builder) and binutils (strip) with apt-get
+# when missing.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -41,11 +42,16 @@ case $builder in
 buildah | docker | podman) ;;
 *) die "JANUS_IMAGE_BUILDER must be buildah, docker or podman (got $builder)" ;;
 esac
+need=()
 if ! command -v "$builder" >/dev/null; then
 	[[ $builder == buildah ]] || die "$builder is not installed"
-	log "installing buildah (apt-get)"
-	{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q buildah; } >&2 ||
-		die "apt-get install buildah failed"
+	need+=(buildah)
+fi
+command -v strip >/dev/null || need+=(binutils)
+if ((${#need[@]})); then
+	log "installing ${need[*]} (apt-get)"
+	{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; } >&2 ||
+		die "apt-get install ${need[*]} failed"
 fi
 
 # ---- 1. static binaries. An explicit --target keeps RUSTFLAGS off build
