@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Generates a self-signed CA and the mTLS certificates Janus needs, for
 # clusters without cert-manager, and prints them as Kubernetes Secrets:
-#   janusd-tls            agent serving cert   (SAN janusd, janusd.<ns>.svc; serverAuth, and
-#                         clientAuth so janusctl in the agent pod can use it)
+#   janusd-tls            agent serving cert   (SAN janusd, janusd.<ns>.svc; serverAuth)
 #   janus-controller-tls  controller client cert (CN janus-controller; clientAuth)
 # each with tls.crt, tls.key and ca.crt (the layout cert-manager uses too).
 #
@@ -56,7 +55,7 @@ issue() { # name cn eku san
         -days "$days" -sha256 -extfile "$dir/$name.ext" -out "$dir/$name.crt" 2>/dev/null
     rm -f "$dir/$name.csr" "$dir/$name.ext"
 }
-issue janusd "$server_name" serverAuth,clientAuth "DNS:$server_name,DNS:janusd.$ns.svc,DNS:janusd.$ns.svc.cluster.local"
+issue janusd "$server_name" serverAuth "DNS:$server_name,DNS:janusd.$ns.svc,DNS:janusd.$ns.svc.cluster.local"
 issue janus-controller janus-controller clientAuth ""
 rm -f "$dir/ca.srl"
 
