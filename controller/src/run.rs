@@ -116,12 +116,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let election = leader::Election::new(client.clone(), &ns, &args.lease_name, &identity, args.lease_duration);
         ready.set(); // a waiting follower is healthy
         tracing::info!(%identity, lease = %args.lease_name, "waiting to become leader");
-        election.acquire().await;
+        let won = election.acquire().await;
         metrics::gauge!("janus_controller_leader").set(1.0);
         tracing::info!(%identity, "became leader");
         let keeper = election.clone();
         let renewing = tokio::spawn(async move {
-            keeper.keep().await;
+            keeper.keep(won).await;
             tracing::error!("lost the leader lease; exiting so that another replica takes over");
             std::process::exit(1);
         });

@@ -159,9 +159,14 @@ impl Controller {
     }
 
     fn start_with(env: &BTreeMap<String, String>, pki: &Pki, extra: &[&str]) -> Controller {
+        Self::start_via(pki, extra, Path::new(&env["JANUS_K8S_CONTROLLER_KUBECONFIG"]))
+    }
+
+    /// The same, reaching the API server through `kubeconfig`.
+    fn start_via(pki: &Pki, extra: &[&str], kubeconfig: &Path) -> Controller {
         let child = Command::new(CONTROLLER)
             .args(extra)
-            .env("KUBECONFIG", &env["JANUS_K8S_CONTROLLER_KUBECONFIG"])
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .args(["--agent-namespace", AGENT_NS, "--drift-interval", "1", "--resync", "5", "--push-timeout", "5"])
             .arg("--http-addr")
@@ -691,6 +696,128 @@ fn two_replicas_elect_one_leader_and_fail_over() {
         eventually("guard deleted", T, || async { c.guards().get_opt("g").await.unwrap().is_none() }).await;
         c.delete_pod("web-1").await;
         drop(third);
+    });
+}
+
+/// A TCP proxy to the API server that can be cut: from then on it forwards
+/// nothing in either direction and closes nothing, so every request through
+/// it hangs (a network partition, not a refused connection).
+struct Proxy {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: std::net::SocketAddr) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = std::net::TcpStream::connect(upstream) else { continue };
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                {
+                    let flag = flag.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            let n = match from.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            while flag.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(50)); // hold, forward nothing
+                            }
+                            if to.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Proxy { port, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        // Let held connections go (they fail once their peers are gone).
+        self.cut.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A leader cut off from the API server (its requests hang, as in a
+/// partition) while a second replica runs: it steps down, and it has exited
+/// before the second replica takes the lease, so the two never lead at the
+/// same time. Before: a renew that never returned kept the old leader
+/// running (and pushing) for ever after the follower took over.
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn a_leader_cut_off_from_the_api_server_steps_down_before_another_leads() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-partition").await;
+        let lease_name = format!("janus-controller-{}", c.ns);
+        let server = c.env["JANUS_K8S_SERVER"].clone();
+        let upstream: std::net::SocketAddr = server.trim_start_matches("https://").parse().unwrap();
+        let proxy = Proxy::start(upstream);
+        let kubeconfig = c.dir.path().join("through-proxy.kubeconfig");
+        let text = std::fs::read_to_string(&c.env["JANUS_K8S_CONTROLLER_KUBECONFIG"]).unwrap();
+        assert!(text.contains(&server), "the controller's kubeconfig names {server}");
+        std::fs::write(&kubeconfig, text.replace(&server, &format!("https://127.0.0.1:{}", proxy.port))).unwrap();
+        let args = |id: &'static str| {
+            [
+                "--leader-elect",
+                "--identity",
+                id,
+                "--lease-name",
+                Box::leak(lease_name.clone().into_boxed_str()),
+                "--lease-duration",
+                "3",
+            ]
+        };
+        let mut first = Controller::start_via(&c.pki, &args("replica-1"), &kubeconfig);
+        let leases: Api<Lease> = Api::namespaced(c.admin.clone(), AGENT_NS);
+        let holder = || async { leases.get_opt(&lease_name).await.unwrap().and_then(|l| l.spec?.holder_identity) };
+        eventually("replica-1 leads", T, || async { holder().await.as_deref() == Some("replica-1") }).await;
+        let second = Controller::start_with(&c.env, &c.pki, &args("replica-2"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(holder().await.as_deref(), Some("replica-1"), "the follower waits while the leader renews");
+        proxy.cut();
+        let cut_at = Instant::now();
+        let mut first_exited = None;
+        loop {
+            if first_exited.is_none() && first.0.try_wait().unwrap().is_some() {
+                first_exited = Some(cut_at.elapsed());
+            }
+            if holder().await.as_deref() == Some("replica-2") {
+                // Checked after seeing the new holder: the old leader must
+                // be gone already.
+                if first_exited.is_none() && first.0.try_wait().unwrap().is_some() {
+                    first_exited = Some(cut_at.elapsed());
+                }
+                let exited = first_exited.unwrap_or_else(|| {
+                    panic!("replica-2 leads {:?} after the cut while replica-1 still runs", cut_at.elapsed())
+                });
+                eprintln!(
+                    "partitioned leader exited {exited:?} after the cut; replica-2 led at {:?}",
+                    cut_at.elapsed()
+                );
+                break;
+            }
+            assert!(cut_at.elapsed() < T, "replica-2 never took over");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(second);
     });
 }
 
