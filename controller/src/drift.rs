@@ -41,7 +41,7 @@ pub async fn run(
 /// Waits until `store` holds its initial list; false if it never will.
 /// Polled with a short timeout: the readiness future was seen to miss its
 /// wake-up and resolve only when polled again.
-async fn filled<K>(store: &Store<K>) -> bool
+pub(crate) async fn filled<K>(store: &Store<K>) -> bool
 where
     K: kube::Resource + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,

@@ -95,10 +95,20 @@ pub enum Error {
     /// Some agents could not be told to stop enforcing a deleted guard.
     #[error("cleanup incomplete: {0}")]
     Cleanup(String),
+    /// A cache's writer is gone: the controller is shutting down.
+    #[error("the pod or EndpointSlice cache is gone")]
+    CachesGone,
 }
 
 /// Entry point for kube-runtime.
 pub async fn reconcile(guard: Arc<JanusGuard>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Decide from full caches only: right after a start the pods and the
+    // agents' EndpointSlices are still being listed, and a guard reconciled
+    // then would report "0 of 0 guarded", or finish a deletion's cleanup
+    // having withdrawn nothing.
+    if !(crate::drift::filled(&ctx.pods).await && crate::drift::filled(&ctx.slices).await) {
+        return Err(Error::CachesGone);
+    }
     let started = std::time::Instant::now();
     ctx.backlog_add(1);
     let ns = guard.namespace().unwrap_or_default();
@@ -164,4 +174,51 @@ pub fn error_policy(g: Arc<JanusGuard>, e: &Error, _ctx: Arc<Context>) -> Action
     tracing::warn!(guard = %desired::guard_key(&g), error = %e, "reconcile failed");
     metrics::counter!("janus_controller_reconcile_errors_total").increment(1);
     Action::requeue(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::events::Reporter;
+    use kube::runtime::{reflector, watcher};
+
+    /// A reconcile waits for the pod and EndpointSlice caches' initial lists;
+    /// before, it went ahead on empty caches ("0 of 0 guarded").
+    #[tokio::test]
+    async fn reconciles_wait_until_the_caches_are_filled() {
+        // A client to nowhere: past the wait, the reconcile's first API call
+        // fails at once, which is how the test sees that it went on.
+        let client = Client::try_from(kube::Config::new("http://127.0.0.1:1".parse().unwrap())).unwrap();
+        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        let (slices, mut slice_writer) = reflector::store::<EndpointSlice>();
+        let ctx = Arc::new(Context {
+            client: client.clone(),
+            pods,
+            slices,
+            agents: Agents::new(None, Duration::from_secs(1)),
+            pushed: Default::default(),
+            recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
+            resync: Duration::from_secs(30),
+            backlog: Default::default(),
+        });
+        let guard: JanusGuard = serde_json::from_value(serde_json::json!({
+            "apiVersion": "januscontroller.clustergarage.io/v1alpha1", "kind": "JanusGuard",
+            "metadata": {"name": "g", "namespace": "ns", "uid": "u1"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "subjects": [{"deny": ["/data"]}]}
+        }))
+        .unwrap();
+        let mut run = tokio::spawn(reconcile(Arc::new(guard), ctx));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut run).await.is_err(),
+            "reconciled before the caches were filled"
+        );
+        pod_writer.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut run).await.is_err(),
+            "reconciled before the EndpointSlice cache was filled"
+        );
+        slice_writer.apply_watcher_event(&watcher::Event::InitDone);
+        let done = tokio::time::timeout(Duration::from_secs(30), run).await;
+        assert!(matches!(done, Ok(Ok(Err(Error::Finalizer(_))))), "went on once filled: {done:?}");
+    }
 }
