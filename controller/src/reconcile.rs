@@ -52,6 +52,8 @@ pub struct Context {
     /// Reconciles running now plus drift triggers not yet picked up: the
     /// controller's backlog (`janus_controller_queue_depth`).
     pub backlog: std::sync::atomic::AtomicI64,
+    /// Failed reconciles in a row, per guard (for the error backoff).
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -113,6 +115,7 @@ pub async fn reconcile(guard: Arc<JanusGuard>, ctx: Arc<Context>) -> Result<Acti
     ctx.backlog_add(1);
     let ns = guard.namespace().unwrap_or_default();
     let api: Api<JanusGuard> = Api::namespaced(ctx.client.clone(), &ns);
+    let guard_ref = guard.clone();
     let result = finalizer(&api, FINALIZER, guard, |event| async {
         match event {
             Finalizer::Apply(g) => apply(&g, &ctx).await,
@@ -122,6 +125,9 @@ pub async fn reconcile(guard: Arc<JanusGuard>, ctx: Arc<Context>) -> Result<Acti
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.backlog_add(-1);
+    if result.is_ok() {
+        ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&desired::guard_key(&guard_ref));
+    }
     let label = if result.is_ok() { "ok" } else { "error" };
     metrics::counter!("janus_controller_reconciles_total", "result" => label).increment(1);
     metrics::histogram!("janus_controller_reconcile_seconds").record(started.elapsed().as_secs_f64());
@@ -169,11 +175,26 @@ async fn cleanup(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-/// Retry a failed reconcile after a short pause.
-pub fn error_policy(g: Arc<JanusGuard>, e: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(guard = %desired::guard_key(&g), error = %e, "reconcile failed");
+/// Retry a failed reconcile, backing off per guard: 0.5 s after the first
+/// failure, doubling up to a minute, back to the start after a success.
+pub fn error_policy(g: Arc<JanusGuard>, e: &Error, ctx: Arc<Context>) -> Action {
+    let key = desired::guard_key(&g);
+    let n = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let wait = error_backoff(n);
+    tracing::warn!(guard = %key, error = %e, failures = n, retry_in = ?wait, "reconcile failed");
     metrics::counter!("janus_controller_reconcile_errors_total").increment(1);
-    Action::requeue(Duration::from_secs(2))
+    Action::requeue(wait)
+}
+
+/// The wait before retry number `failures` (1 = the first failure).
+pub fn error_backoff(failures: u32) -> Duration {
+    let half_secs = 1u64 << failures.saturating_sub(1).min(10);
+    Duration::from_millis(500 * half_secs).min(Duration::from_secs(60))
 }
 
 #[cfg(test)]
@@ -181,6 +202,13 @@ mod tests {
     use super::*;
     use kube::runtime::events::Reporter;
     use kube::runtime::{reflector, watcher};
+
+    #[test]
+    fn errors_back_off_exponentially_to_a_minute() {
+        let waits: Vec<u64> = (1..=9).map(|n| error_backoff(n).as_millis() as u64).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        assert_eq!(error_backoff(u32::MAX), Duration::from_secs(60));
+    }
 
     /// A reconcile waits for the pod and EndpointSlice caches' initial lists;
     /// before, it went ahead on empty caches ("0 of 0 guarded").
@@ -200,6 +228,7 @@ mod tests {
             recorder: Recorder::new(client, Reporter { controller: "test".into(), instance: None }),
             resync: Duration::from_secs(30),
             backlog: Default::default(),
+            failures: Default::default(),
         });
         let guard: JanusGuard = serde_json::from_value(serde_json::json!({
             "apiVersion": "januscontroller.clustergarage.io/v1alpha1", "kind": "JanusGuard",

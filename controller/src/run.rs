@@ -14,7 +14,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, Predicate, WatchStreamExt, controller, predicates, watcher};
 use kube::{Client, ResourceExt};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
@@ -63,6 +63,13 @@ pub struct Args {
     /// Lease duration.
     #[arg(long, default_value = "15", value_parser = secs)]
     pub lease_duration: Duration,
+    /// Guards reconciled at the same time, at most.
+    #[arg(long, default_value_t = 16)]
+    pub reconcile_concurrency: u16,
+    /// A guard's reconcile waits this long for more events about it, so a
+    /// burst (a pod starting: several status updates) is one reconcile.
+    #[arg(long, default_value = "0.05", value_parser = secs)]
+    pub debounce: Duration,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -155,10 +162,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ),
         resync: args.resync,
         backlog: Default::default(),
+        failures: Default::default(),
     });
     let (drift_tx, drift_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<JanusGuard>>();
-    let controller = Controller::new(Api::<JanusGuard>::all(client.clone()), watcher::Config::default());
-    let guards = controller.store();
+    // Guards trigger a reconcile when their spec (generation: also bumped
+    // when deletion starts) or finalizers change, never for the status this
+    // controller writes itself.
+    let (guards, guard_writer) = reflector::store::<JanusGuard>();
+    let guard_events = watcher(Api::<JanusGuard>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(guard_writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation.combine(predicates::finalizers), Default::default());
+    let controller = Controller::for_stream(guard_events, guards.clone())
+        .with_config(controller::Config::default().concurrency(args.reconcile_concurrency).debounce(args.debounce));
     let map_ctx = ctx.clone();
     let map_guards = guards.clone();
     let controller = controller
