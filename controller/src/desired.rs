@@ -1,7 +1,7 @@
 //! What should be enforced: for a guard, the running pods it selects and the
 //! CreateGuard request each needs. Pure functions of API objects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use janus_proto::v1;
 use k8s_openapi::api::core::v1::Pod;
@@ -86,9 +86,59 @@ pub fn targets<'a>(g: &JanusGuard, pods: impl IntoIterator<Item = &'a Pod>) -> B
     out
 }
 
+/// (namespace, name) of every guard that selects a pod scheduled on one of
+/// `nodes`: the guards a change of those nodes' agents (their entries in the
+/// agent Service's EndpointSlices) concerns. Running or not: a pod that has
+/// started by the time the reconcile runs needs the new agent too.
+pub fn guards_on_nodes<'a>(
+    guards: impl IntoIterator<Item = &'a JanusGuard>,
+    pods: impl IntoIterator<Item = &'a Pod>,
+    nodes: &BTreeSet<String>,
+) -> Vec<(String, String)> {
+    let on_nodes: Vec<&Pod> = pods
+        .into_iter()
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| nodes.contains(n)))
+        .collect();
+    if on_nodes.is_empty() {
+        return Vec::new();
+    }
+    guards
+        .into_iter()
+        .filter(|g| {
+            let Ok(Some(selector)) = crate::selector::parse(&g.spec.selector) else { return false };
+            let ns = g.namespace();
+            on_nodes.iter().any(|p| p.namespace() == ns && selector.matches(p.labels()))
+        })
+        .map(|g| (g.namespace().unwrap_or_default(), g.name_any()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_change_concerns_the_guards_with_pods_on_its_node_only() {
+        let mut elsewhere = pod("b", &[("run", "apache")], "Running", true);
+        elsewhere.spec.as_mut().unwrap().node_name = Some("node-b".into());
+        let pods = [pod("a", &[("run", "nginx")], "Running", true), elsewhere];
+        let nginx = guard();
+        let mut apache = guard();
+        apache.metadata.name = Some("apache".into());
+        apache.spec.selector = serde_json::from_value(serde_json::json!({"matchLabels": {"run": "apache"}})).unwrap();
+        let mut none = guard();
+        none.metadata.name = Some("none".into());
+        none.spec.selector = serde_json::from_value(serde_json::json!({"matchLabels": {"run": "x"}})).unwrap();
+        let guards = [nginx, apache, none];
+        let on = |n: &[&str]| {
+            let nodes = n.iter().map(|s| s.to_string()).collect();
+            guards_on_nodes(guards.iter(), pods.iter(), &nodes)
+        };
+        assert_eq!(on(&["node-a"]), [("web".to_string(), "g".to_string())]);
+        assert_eq!(on(&["node-b"]), [("web".to_string(), "apache".to_string())]);
+        assert_eq!(on(&["node-a", "node-b"]).len(), 2);
+        assert!(on(&["node-c"]).is_empty());
+    }
 
     fn pod(name: &str, labels: &[(&str, &str)], phase: &str, running: bool) -> Pod {
         serde_json::from_value(serde_json::json!({

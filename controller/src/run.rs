@@ -1,8 +1,9 @@
 //! Wiring: reflectors for pods and agent EndpointSlices, the kube-runtime
 //! Controller for JanusGuards, drift repair, leader election, HTTP endpoints.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,7 +22,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use crate::agents::{self, Agents};
 use crate::crd::JanusGuard;
 use crate::reconcile::{self, Context};
-use crate::{drift, leader, selector};
+use crate::{desired, drift, leader, selector};
 
 /// Options of `janus-controller`.
 #[derive(Debug, clap::Parser)]
@@ -147,7 +148,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .default_backoff()
         .reflect(slice_writer)
         .touched_objects()
-        .map(|_| ())
         .boxed();
 
     let ctx = Arc::new(Context {
@@ -199,7 +199,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             refs
         })
-        .reconcile_all_on(slices)
+        .watches_stream(slices, {
+            // An agent appearing, moving or going concerns the guards with
+            // pods on its node only (not every guard: a DaemonSet rollout
+            // changes the slices once per node). The nodes a slice had
+            // before count too: an endpoint removed is gone from the object.
+            let guards = guards.clone();
+            let pods = ctx.pods.clone();
+            let seen: Mutex<HashMap<String, BTreeSet<String>>> = Default::default();
+            move |slice: EndpointSlice| {
+                let now: BTreeSet<String> =
+                    slice.endpoints.iter().flatten().filter_map(|e| e.node_name.clone()).collect();
+                let before = seen.lock().unwrap_or_else(|p| p.into_inner()).insert(slice.name_any(), now.clone());
+                let nodes: BTreeSet<String> = now.into_iter().chain(before.unwrap_or_default()).collect();
+                let (guards, pods) = (guards.state(), pods.state());
+                desired::guards_on_nodes(guards.iter().map(|g| g.as_ref()), pods.iter().map(|p| p.as_ref()), &nodes)
+                    .into_iter()
+                    .map(|(ns, name)| ObjectRef::new(&name).within(&ns))
+                    .collect::<Vec<_>>()
+            }
+        })
         .reconcile_on({
             let ctx = ctx.clone();
             tokio_stream::wrappers::UnboundedReceiverStream::new(drift_rx).map(move |r| {
