@@ -56,6 +56,46 @@ pub fn guardable_containers(pod: &Pod) -> Option<(String, Vec<Container>)> {
     (!containers.is_empty()).then_some((node, containers))
 }
 
+/// Drops from a pod everything the controller never reads, before it goes
+/// into the pod cache: managed fields, annotations, owner references, the
+/// spec but for the node name, and the container statuses but for name, ID
+/// and running state. What is kept is exactly what [`guardable_containers`],
+/// [`targets`] and the selectors read (docs/controller.md: memory per 1,000
+/// pods).
+pub fn strip(pod: &mut Pod) {
+    use k8s_openapi::api::core::v1::{ContainerState, ContainerStatus, PodSpec, PodStatus};
+    let m = &mut pod.metadata;
+    m.managed_fields = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    m.generate_name = None;
+    if let Some(spec) = pod.spec.take() {
+        pod.spec = Some(PodSpec { node_name: spec.node_name, ..Default::default() });
+    }
+    if let Some(status) = pod.status.take() {
+        let keep = |list: Option<Vec<ContainerStatus>>| {
+            list.map(|l| {
+                l.into_iter()
+                    .map(|c| ContainerStatus {
+                        name: c.name,
+                        container_id: c.container_id,
+                        state: c.state.map(|s| ContainerState { running: s.running, ..Default::default() }),
+                        ..Default::default()
+                    })
+                    .collect()
+            })
+        };
+        pod.status = Some(PodStatus {
+            phase: status.phase,
+            container_statuses: keep(status.container_statuses),
+            init_container_statuses: keep(status.init_container_statuses),
+            ephemeral_container_statuses: keep(status.ephemeral_container_statuses),
+            ..Default::default()
+        });
+    }
+}
+
 /// Every pod in `pods` the guard selects and can guard now, keyed by pod uid.
 /// Empty if the guard's selector is empty or cannot be parsed
 /// ([`crate::selector::parse`] says why).
@@ -116,6 +156,50 @@ pub fn guards_on_nodes<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stripped_pod_is_guarded_the_same_and_is_much_smaller() {
+        let mut full = pod("a", &[("run", "nginx")], "Running", true);
+        // What real pods carry and the controller never reads.
+        let big = "x".repeat(4000);
+        full.metadata.annotations =
+            Some([("kubectl.kubernetes.io/last-applied-configuration".to_string(), big.clone())].into());
+        full.metadata.managed_fields = Some(vec![serde_json::from_value(serde_json::json!({
+            "manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:x": big}}
+        })).unwrap()]);
+        let spec = full.spec.as_mut().unwrap();
+        spec.containers[0].env =
+            Some(vec![serde_json::from_value(serde_json::json!({"name": "E", "value": big})).unwrap()]);
+        spec.containers[0].image = Some("registry.example/app:1".into());
+        let mut side = spec.containers[0].clone();
+        side.name = "side".into();
+        side.restart_policy = Some("Always".into());
+        spec.init_containers = Some(vec![side]);
+        let st = full.status.as_mut().unwrap();
+        let mut side_status = st.container_statuses.as_ref().unwrap()[0].clone();
+        side_status.name = "side".into();
+        side_status.container_id = Some("containerd://fedcba9876543210".into());
+        st.init_container_statuses = Some(vec![side_status]);
+        st.ephemeral_container_statuses = Some(vec![]);
+        let mut stripped = full.clone();
+        strip(&mut stripped);
+        assert_eq!(guardable_containers(&stripped), guardable_containers(&full));
+        assert_eq!(guardable_containers(&stripped).unwrap().1.len(), 2, "app and native sidecar");
+        let (t_full, t_stripped) = (targets(&guard(), [&full]), targets(&guard(), [&stripped]));
+        assert_eq!(t_full.len(), 1);
+        assert_eq!(
+            t_full.values().map(|t| (&t.node, &t.request)).collect::<Vec<_>>(),
+            t_stripped.values().map(|t| (&t.node, &t.request)).collect::<Vec<_>>()
+        );
+        let size = |p: &Pod| serde_json::to_string(p).unwrap().len();
+        assert!(size(&stripped) * 10 < size(&full), "{} vs {} bytes", size(&stripped), size(&full));
+        // Deletion (it stops guarding) survives.
+        let mut deleting = full.clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+        strip(&mut deleting);
+        assert!(guardable_containers(&deleting).is_none());
+    }
 
     #[test]
     fn an_agent_change_concerns_the_guards_with_pods_on_its_node_only() {

@@ -139,6 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let pods = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        .modify(desired::strip)
         .reflect(pod_writer)
         .touched_objects()
         .boxed();
