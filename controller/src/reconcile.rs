@@ -94,9 +94,6 @@ pub enum Error {
     /// The finalizer helper failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Some agents could not be told to stop enforcing a deleted guard.
-    #[error("cleanup incomplete: {0}")]
-    Cleanup(String),
     /// A cache's writer is gone: the controller is shutting down.
     #[error("the pod or EndpointSlice cache is gone")]
     CachesGone,
@@ -160,7 +157,12 @@ async fn apply(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::requeue(if summary.retry_soon { Duration::from_secs(2) } else { ctx.resync }))
 }
 
-/// The guard is being deleted: tell every agent that has it.
+/// The guard is being deleted: tell every agent that has it. Deletion never
+/// waits for an agent that does not answer (a node that is down, an agent
+/// restarting): what it could not be told is left to drift repair, which
+/// withdraws every guard an agent enforces that no JanusGuard wants, as soon
+/// as that agent answers again (and an agent that comes back from its state
+/// file with the deleted guard is exactly that case).
 async fn cleanup(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
     let key = desired::guard_key(g);
     let addrs = ctx.agent_addresses();
@@ -170,8 +172,13 @@ async fn cleanup(g: &JanusGuard, ctx: &Context) -> Result<Action, Error> {
     let errors: Vec<String> =
         fanout::send(ctx, &addrs, &key, plan).await.into_iter().map(|(_, e)| e.to_string()).collect();
     if !errors.is_empty() {
-        return Err(Error::Cleanup(errors.join("; ")));
+        let why = errors.join("; ");
+        tracing::warn!(guard = %key, errors = %why, "deleted guard: some agents could not be told; drift repair withdraws it when they answer");
+        metrics::counter!("janus_controller_cleanup_deferred_total").increment(errors.len() as u64);
     }
+    // The guard is gone: forget what was pushed for it (drift repair works
+    // from the agents' own state, not from this).
+    ctx.pushed().retain(|(g, _), _| g != &key);
     Ok(Action::await_change())
 }
 

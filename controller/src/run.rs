@@ -88,6 +88,10 @@ fn describe_metrics() {
     describe_histogram!("janus_controller_push_seconds", "Duration of calls to agents, by method.");
     describe_counter!("janus_controller_push_errors_total", "Failed calls to agents, by method.");
     describe_counter!("janus_controller_drift_total", "Differences found between agents and the desired state.");
+    describe_counter!(
+        "janus_controller_cleanup_deferred_total",
+        "Withdrawals of deleted guards an agent could not be told (left to drift repair)."
+    );
     describe_gauge!("janus_controller_guards", "JanusGuards known.");
     describe_gauge!("janus_controller_pods", "Selected pods, by state (guarded, not_guarded).");
     describe_gauge!("janus_controller_leader", "1 while this replica holds the lease.");

@@ -873,6 +873,42 @@ fn pod_cache_memory_per_thousand_pods() {
     });
 }
 
+/// Deleting a guard never waits for an agent that does not answer, and the
+/// agent, back with the deleted guard in its state file, has it withdrawn by
+/// drift repair. Before, the finalizer held the deletion until the agent
+/// answered (for ever, for a node that is gone).
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn deleting_a_guard_never_waits_for_an_unreachable_agent() {
+    let _serial = serial();
+    rt().block_on(async {
+        let mut c = Cluster::new("e2e-gone").await;
+        let _controller = Controller::start(&c.env, &c.pki);
+        let web = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+        c.create_pod("web-1", "node-a", serde_json::json!({"app": "web"})).await;
+        c.set_running("web-1", &web.runtime_id()).await;
+        c.apply_guard("g", "{app: web}", &["/data/secret"]).await;
+        eventually("denied", T, || async { web.op("open", "/data/secret") == "EPERM" }).await;
+        // node-a's agent stops answering (its EndpointSlice stays: as for a
+        // node that is NotReady or partitioned).
+        c.agents[0].kill();
+        c.guards().delete("g", &DeleteParams::default()).await.unwrap();
+        eventually("the guard deleted while node-a's agent is down", T, || async {
+            c.guards().get_opt("g").await.unwrap().is_none()
+        })
+        .await;
+        // The agent comes back and restores the deleted guard from its state
+        // file; drift repair withdraws it.
+        let pki = c.pki.clone();
+        c.agents[0].spawn(&pki);
+        eventually("drift repair withdrew the deleted guard", T, || async {
+            c.agent_state("node-a").await.is_empty() && web.op("open", "/data/secret") == "ok"
+        })
+        .await;
+        c.delete_pod("web-1").await;
+    });
+}
+
 /// A TCP proxy to the API server that can be cut: from then on it forwards
 /// nothing in either direction and closes nothing, so every request through
 /// it hangs (a network partition, not a refused connection).
