@@ -1,6 +1,10 @@
 //! The node agents: where each node's agent listens (from the agent
 //! Service's EndpointSlices) and a gRPC client per agent. Every call has a
-//! timeout, so one slow or dead agent never stalls the others.
+//! timeout, so one slow or dead agent never stalls the others; at most a
+//! few calls run at once per agent; and an agent that did not answer is
+//! marked unreachable: pushes to it fail at once instead of each waiting out
+//! the timeout, until a drift check (`GetGuardState`, always attempted)
+//! finds it answering again.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,17 @@ pub enum AgentError {
         addr: String,
         /// gRPC status.
         status: Box<tonic::Status>,
+    },
+    /// The agent did not answer a recent call; not called again until a
+    /// drift check reaches it.
+    #[error("agent on node {node} ({addr}) unreachable for {for_secs} s; waiting for a drift check to reach it")]
+    Unreachable {
+        /// Node.
+        node: String,
+        /// Address.
+        addr: String,
+        /// Seconds since it was marked.
+        for_secs: u64,
     },
 }
 
@@ -72,12 +87,87 @@ pub struct Agents {
     tls: Option<ClientTlsConfig>,
     timeout: Duration,
     channels: Arc<Mutex<BTreeMap<String, Channel>>>,
+    /// Calls in flight per agent address, bounded.
+    gates: Arc<Mutex<BTreeMap<String, Arc<tokio::sync::Semaphore>>>>,
+    per_agent: usize,
+    /// Addresses that did not answer, since when.
+    down: Arc<Mutex<BTreeMap<String, Instant>>>,
 }
+
+/// Calls at once to one agent, at most.
+pub const CALLS_PER_AGENT: usize = 8;
 
 impl Agents {
     /// Clients with `tls` (None: plaintext) and a per-call `timeout`.
     pub fn new(tls: Option<ClientTlsConfig>, timeout: Duration) -> Agents {
-        Agents { tls, timeout, channels: Arc::default() }
+        Agents {
+            tls,
+            timeout,
+            channels: Arc::default(),
+            gates: Arc::default(),
+            per_agent: CALLS_PER_AGENT,
+            down: Arc::default(),
+        }
+    }
+
+    /// Whether `addr` is marked unreachable, and since how long.
+    pub fn unreachable_for(&self, addr: &str) -> Option<Duration> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner()).get(addr).map(Instant::elapsed)
+    }
+
+    /// Fails at once for an agent marked unreachable.
+    fn check_up(&self, node: &str, addr: &str) -> Result<(), AgentError> {
+        match self.unreachable_for(addr) {
+            Some(d) => {
+                metrics::counter!("janus_controller_push_skipped_total").increment(1);
+                Err(AgentError::Unreachable { node: node.into(), addr: addr.into(), for_secs: d.as_secs() })
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `call` under the agent's concurrency bound and marks the agent
+    /// up or down by its outcome: down when it did not answer (timeout,
+    /// connection refused or reset), up on any answer.
+    async fn call<T, F>(&self, addr: &str, call: F) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.per_agent)))
+            .clone();
+        let _permit = gate.acquire_owned().await.map_err(|_| tonic::Status::cancelled("shutting down"))?;
+        // The channel's own timeout does not cover every stage (a TLS
+        // handshake with a peer that accepted the connection and then went
+        // silent was seen to hang for ever): bound the whole call here.
+        let r = match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::deadline_exceeded(format!("no answer within {:?}", self.timeout))),
+        };
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match &r {
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                if !down.contains_key(addr) {
+                    tracing::warn!(%addr, error = %s, "agent unreachable: pushes to it fail at once until a drift check reaches it");
+                    down.insert(addr.to_string(), Instant::now());
+                }
+            }
+            _ => {
+                if down.remove(addr).is_some() {
+                    tracing::info!(%addr, "agent reachable again");
+                }
+            }
+        }
+        r
     }
 
     /// Whether calls use TLS.
@@ -114,28 +204,37 @@ impl Agents {
         addr: &str,
         req: v1::CreateGuardRequest,
     ) -> Result<v1::GuardStatus, AgentError> {
+        self.check_up(node, addr)?;
         let start = Instant::now();
         let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
-        let r = c.create_guard(req).await.map(|r| r.into_inner()).map_err(|s| Self::err(node, addr, s));
+        let r =
+            self.call(addr, c.create_guard(req)).await.map(|r| r.into_inner()).map_err(|s| Self::err(node, addr, s));
         record("CreateGuard", start, r.is_ok());
         r
     }
 
     /// DestroyGuard on `node`'s agent.
     pub async fn destroy(&self, node: &str, addr: &str, req: v1::DestroyGuardRequest) -> Result<bool, AgentError> {
+        self.check_up(node, addr)?;
         let start = Instant::now();
         let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
-        let r = c.destroy_guard(req).await.map(|r| r.into_inner().existed).map_err(|s| Self::err(node, addr, s));
+        let r = self
+            .call(addr, c.destroy_guard(req))
+            .await
+            .map(|r| r.into_inner().existed)
+            .map_err(|s| Self::err(node, addr, s));
         record("DestroyGuard", start, r.is_ok());
         r
     }
 
-    /// GetGuardState of `node`'s agent.
+    /// GetGuardState of `node`'s agent (drift repair's check).
     pub async fn state(&self, node: &str, addr: &str) -> Result<v1::GuardState, AgentError> {
         let start = Instant::now();
         let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
-        let r = c
-            .get_guard_state(v1::GetGuardStateRequest {})
+        // Always attempted, marked or not: this is what finds an
+        // unreachable agent back.
+        let r = self
+            .call(addr, c.get_guard_state(v1::GetGuardStateRequest {}))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| Self::err(node, addr, s));

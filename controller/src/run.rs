@@ -89,6 +89,10 @@ fn describe_metrics() {
     describe_counter!("janus_controller_push_errors_total", "Failed calls to agents, by method.");
     describe_counter!("janus_controller_drift_total", "Differences found between agents and the desired state.");
     describe_counter!(
+        "janus_controller_push_skipped_total",
+        "Calls to agents not made because the agent is marked unreachable (until a drift check reaches it)."
+    );
+    describe_counter!(
         "janus_controller_cleanup_deferred_total",
         "Withdrawals of deleted guards an agent could not be told (left to drift repair)."
     );

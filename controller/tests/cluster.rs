@@ -297,20 +297,25 @@ impl Cluster {
 
     /// The same, with one more label on the slice (a change to its object).
     async fn publish_agent_labelled(&self, a: &Agent, key: &str, value: &str) {
+        self.publish_agent_at(&a.node, a.port, key, value).await
+    }
+
+    /// Publishes `node`'s agent at `port` on loopback (e.g. a proxy's).
+    async fn publish_agent_at(&self, node: &str, port: u16, key: &str, value: &str) {
         let slices: Api<EndpointSlice> = Api::namespaced(self.admin.clone(), AGENT_NS);
         let s: EndpointSlice = serde_json::from_value(serde_json::json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": format!("janusd-{}", a.node), "labels": {"kubernetes.io/service-name": "janusd", key: value}},
+            "metadata": {"name": format!("janusd-{node}"), "labels": {"kubernetes.io/service-name": "janusd", key: value}},
             // The API server refuses loopback IPs in EndpointSlices; an FQDN
             // slice with a name under .localhost (RFC 6761) reaches the
             // agents on loopback.
             "addressType": "FQDN",
-            "ports": [{"name": "grpc", "port": a.port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [format!("{}.localhost", a.node)], "nodeName": a.node, "conditions": {"ready": true}}]
+            "ports": [{"name": "grpc", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [format!("{node}.localhost")], "nodeName": node, "conditions": {"ready": true}}]
         }))
         .unwrap();
         slices
-            .patch(&format!("janusd-{}", a.node), &PatchParams::apply("janus-test").force(), &Patch::Apply(&s))
+            .patch(&format!("janusd-{node}"), &PatchParams::apply("janus-test").force(), &Patch::Apply(&s))
             .await
             .unwrap();
     }
@@ -906,6 +911,57 @@ fn deleting_a_guard_never_waits_for_an_unreachable_agent() {
         })
         .await;
         c.delete_pod("web-1").await;
+    });
+}
+
+/// An agent that stops answering costs one timeout, not one per push: it is
+/// marked unreachable and pushes to it fail at once until a drift check
+/// reaches it again, and then its guards are pushed. Before, every
+/// reconcile of every guard with a pod on its node waited out the timeout.
+#[test]
+#[ignore = "needs root and a kube-apiserver (ci/k8s)"]
+fn an_unreachable_agent_is_not_called_again_until_it_answers() {
+    const GUARDS: usize = 5;
+    let _serial = serial();
+    rt().block_on(async {
+        let c = Cluster::new("e2e-dead").await;
+        // node-b's agent through a proxy that stops forwarding: calls hang
+        // until the push timeout (2 s here).
+        let proxy = Proxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], c.agents[1].port)));
+        c.publish_agent_at("node-b", proxy.port, "janus-test", "1").await;
+        proxy.cut();
+        let ctl = Controller::start_with(&c.env, &c.pki, &["--push-timeout", "2", "--drift-interval", "3"]);
+        for i in 0..GUARDS {
+            let name = format!("b-{i}");
+            c.create_pod(&name, "node-b", serde_json::json!({"app": name})).await;
+            c.set_running(&name, &format!("containerd://{i:064x}")).await;
+            c.apply_guard(&name, &format!("{{app: {name}}}"), &["/data/secret"]).await;
+        }
+        // Retries with backoff (0.5 s, 1 s, 2 s, 4 s, ...): about four per guard
+        // in 10 s.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let called = ctl.counter("janus_controller_push_errors_total", "CreateGuard");
+        let skipped = ctl.counter("janus_controller_push_skipped_total", "");
+        eprintln!("{GUARDS} guards on a dead agent, 10 s: {called} calls timed out, {skipped} skipped");
+        assert!(called <= GUARDS as f64, "{called} CreateGuard calls waited out the timeout (at most one round)");
+        assert!(skipped >= GUARDS as f64, "{skipped} pushes skipped");
+        // The agent answers again: a drift check finds it and the guards
+        // are pushed.
+        drop(proxy);
+        let proxy_gone_port = c.agents[1].port;
+        c.publish_agent_at("node-b", proxy_gone_port, "janus-test", "2").await;
+        eventually("every guard pushed once the agent answers", T, || async {
+            c.agent_state("node-b").await.len() == GUARDS
+        })
+        .await;
+        for i in 0..GUARDS {
+            c.guards().delete(&format!("b-{i}"), &DeleteParams::default()).await.unwrap();
+        }
+        for i in 0..GUARDS {
+            let name = format!("b-{i}");
+            eventually("guard deleted", T, || async { c.guards().get_opt(&name).await.unwrap().is_none() }).await;
+            c.delete_pod(&name).await;
+        }
     });
 }
 
