@@ -101,18 +101,52 @@ async fn connect(cli: &Cli) -> anyhow::Result<JanusdClient<tonic::transport::Cha
     Ok(JanusdClient::new(channel))
 }
 
+/// The agent's state as JSON: what `state` prints as a table, with the
+/// container state by name.
+fn state_json(state: &janus_proto::v1::GuardState) -> serde_json::Value {
+    let guards: Vec<serde_json::Value> = state
+        .guards
+        .iter()
+        .map(|g| {
+            let guard = g.guard.as_ref().map(|x| {
+                serde_json::json!({"namespace": x.namespace, "name": x.name, "uid": x.uid, "generation": x.generation})
+            });
+            let pod = g
+                .pod
+                .as_ref()
+                .map(|x| serde_json::json!({"namespace": x.namespace, "name": x.name, "uid": x.uid, "node": x.node}));
+            let containers: Vec<serde_json::Value> = g
+                .containers
+                .iter()
+                .map(|c| {
+                    let state = match janus_proto::convert::container_state(c) {
+                        Ok(s) => s.to_string(),
+                        Err(e) => format!("unknown ({e})"),
+                    };
+                    serde_json::json!({
+                        "name": c.name, "runtimeId": c.runtime_id, "state": state, "pid": c.pid,
+                        "marks": c.marks, "lastError": c.last_error, "pendingPaths": c.pending_paths,
+                    })
+                })
+                .collect();
+            serde_json::json!({"guard": guard, "pod": pod, "containers": containers})
+        })
+        .collect();
+    serde_json::json!({"node": state.node, "guards": guards})
+}
+
 async fn remote(cli: &Cli) -> anyhow::Result<()> {
     let mut client = connect(cli).await?;
     match &cli.command {
         Command::State { json } => {
             let state = client.get_guard_state(GetGuardStateRequest {}).await?.into_inner();
             if *json {
-                println!("{state:#?}");
+                println!("{}", serde_json::to_string_pretty(&state_json(&state))?);
                 return Ok(());
             }
             println!("node {}: {} guard(s)", state.node, state.guards.len());
             println!(
-                "{:<30} {:<30} {:<12} {:<10} {:>8} {:>6}  ERROR",
+                "{:<30} {:<30} {:<12} {:<10} {:>8} {:>6}  ERROR / PENDING PATHS",
                 "GUARD", "POD", "CONTAINER", "STATE", "PID", "MARKS"
             );
             for g in &state.guards {
@@ -123,10 +157,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
                         Ok(s) => s.to_string(),
                         Err(e) => format!("?({e})"),
                     };
-                    println!(
-                        "{guard:<30} {pod:<30} {:<12} {:<10} {:>8} {:>6}  {}",
-                        c.name, state, c.pid, c.marks, c.last_error
-                    );
+                    let mut notes = c.last_error.clone();
+                    if !c.pending_paths.is_empty() {
+                        let pending = format!("pending: {}", c.pending_paths.join(", "));
+                        notes = if notes.is_empty() { pending } else { format!("{notes}; {pending}") };
+                    }
+                    println!("{guard:<30} {pod:<30} {:<12} {:<10} {:>8} {:>6}  {notes}", c.name, state, c.pid, c.marks);
                 }
             }
         }
