@@ -71,12 +71,20 @@ pub struct Supervisor {
     state_path: PathBuf,
     proc_root: PathBuf,
     entries: Mutex<BTreeMap<Key, Entry>>,
+    /// Set while the state file could not be read (an I/O error, not
+    /// corruption): when it was last tried. Meanwhile the file is never
+    /// written, so what it holds is not lost, and it is read again every
+    /// [`STATE_RETRY`].
+    unreadable: Mutex<Option<std::time::Instant>>,
 }
+
+/// How often an unreadable state file is tried again.
+pub const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Supervisor {
     /// A supervisor for `engine` on node `node`.
     pub fn new(engine: Engine, node: String, state_path: PathBuf, proc_root: PathBuf) -> Supervisor {
-        Supervisor { engine, node, state_path, proc_root, entries: Mutex::default() }
+        Supervisor { engine, node, state_path, proc_root, entries: Mutex::default(), unreadable: Mutex::default() }
     }
 
     /// The engine (for audit subscriptions).
@@ -90,7 +98,10 @@ impl Supervisor {
 
     /// Loads the state file and enforces it. A corrupt file is moved aside
     /// (kept for inspection) and the agent starts empty; the controller
-    /// resends what it wants.
+    /// resends what it wants. A file that cannot be read (an I/O error) is
+    /// left as it is, never written, and tried again every [`STATE_RETRY`]
+    /// from [`Supervisor::reconcile`]; meanwhile the agent enforces what the
+    /// controller sends.
     pub fn restore(&self) -> Result<usize, StateError> {
         let desired = match state::load(&self.state_path) {
             Ok(d) => d,
@@ -99,23 +110,76 @@ impl Supervisor {
                 tracing::error!(error = %e, moved_to = ?aside, "state file unreadable; starting empty");
                 Vec::new()
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                self.mark_unreadable(&e);
+                Vec::new()
+            }
         };
         let mut entries = self.lock();
+        let n = self.insert_restored(&mut entries, desired).len();
+        Ok(n)
+    }
+
+    /// Inserts the state file's guards that are not held already (what the
+    /// controller sent since start wins), enforced at once; their keys.
+    fn insert_restored(&self, entries: &mut BTreeMap<Key, Entry>, desired: Vec<Assignment>) -> Vec<Key> {
+        let mut added = Vec::new();
         for d in desired {
             // The state file is an input like any other: the model's rules.
             match d.validate().and_then(|()| Self::entry_from(d)) {
                 Ok(e) => {
-                    entries.insert(key_of(&e.desired.guard, &e.desired.pod.uid), e);
+                    let key = key_of(&e.desired.guard, &e.desired.pod.uid);
+                    if let std::collections::btree_map::Entry::Vacant(v) = entries.entry(key.clone()) {
+                        self.reconcile_entry(v.insert(e), true);
+                        added.push(key);
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "dropping an invalid guard from the state file"),
             }
         }
-        let n = entries.len();
-        for entry in entries.values_mut() {
-            self.reconcile_entry(entry, true);
+        added
+    }
+
+    fn mark_unreadable(&self, e: &StateError) {
+        let mut u = self.unreadable.lock().unwrap_or_else(|p| p.into_inner());
+        if u.is_none() {
+            tracing::error!(
+                error = %e,
+                retry_every = ?STATE_RETRY,
+                "state file unreadable: enforcing what the controller sends, not writing the state file (so what it holds is not lost); retrying"
+            );
         }
-        Ok(n)
+        *u = Some(std::time::Instant::now());
+        metrics::gauge!("janus_agent_state_file_unreadable").set(1.0);
+    }
+
+    /// Tries an unreadable state file again when due; once it reads, its
+    /// guards not held already are enforced and the file is written again.
+    fn retry_state_file(&self) {
+        let due = self.unreadable.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() >= STATE_RETRY);
+        if !due {
+            return;
+        }
+        let desired = match state::load(&self.state_path) {
+            Ok(d) => d,
+            Err(e @ StateError::Corrupt { .. }) => {
+                let aside = state::quarantine(&self.state_path);
+                tracing::error!(error = %e, moved_to = ?aside, "state file unreadable; continuing without it");
+                Vec::new()
+            }
+            Err(e) => {
+                self.mark_unreadable(&e);
+                return;
+            }
+        };
+        *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        metrics::gauge!("janus_agent_state_file_unreadable").set(0.0);
+        let mut entries = self.lock();
+        let added = self.insert_restored(&mut entries, desired);
+        if let Err(e) = self.save(&entries) {
+            tracing::error!(error = %e, "writing the state file");
+        }
+        tracing::info!(restored = added.len(), "state file readable again");
     }
 
     fn entry_from(desired: Assignment) -> Result<Entry, FieldError> {
@@ -151,6 +215,11 @@ impl Supervisor {
     }
 
     fn save(&self, entries: &BTreeMap<Key, Entry>) -> Result<(), StateError> {
+        if self.unreadable.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Never overwrite a state file that could not be read.
+            tracing::debug!("state file unreadable: change kept in memory only");
+            return Ok(());
+        }
         let all: Vec<Assignment> = entries.values().map(|e| e.desired.clone()).collect();
         state::save(&self.state_path, &all)
     }
@@ -218,6 +287,7 @@ impl Supervisor {
     /// One pass over every container that is due (retry time reached, or
     /// guarded but its process changed).
     pub fn reconcile(&self) {
+        self.retry_state_file();
         let mut entries = self.lock();
         let mut counts = [0usize; ContainerState::ALL.len()];
         for entry in entries.values_mut() {

@@ -608,3 +608,44 @@ fn janusctl_state_prints_json_and_pending_paths() {
     let table = janusctl(&["state"]);
     assert!(table.contains("pending: /data/later"), "{table}");
 }
+
+/// A state file that cannot be read (an I/O error, not corruption) does not
+/// stop the agent: it starts, enforces what it is sent, leaves the file
+/// alone, and once the file reads again enforces what it holds. Before, the
+/// agent exited at start.
+#[test]
+#[ignore = "needs root"]
+fn an_unreadable_state_file_is_retried_not_fatal() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+    let b = TestContainer::start(Layout::CrioSystemdV2, &[("/data/secret", "s")]);
+    // A state file holding a guard for container a.
+    let first = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut c = client(&first, &s.pki, Cred::Valid).await.unwrap();
+        c.create_guard(create_req("g1", &a, &["/data/secret"])).await.unwrap();
+    });
+    first.kill9();
+    assert_eq!(a.op("open", "/data/secret"), "ok", "no agent, no guard");
+    // The file cannot be read: a directory stands where it was (root reads
+    // through permissions, not through EISDIR).
+    let kept = s.state.with_extension("kept");
+    std::fs::rename(&s.state, &kept).unwrap();
+    std::fs::create_dir(&s.state).unwrap();
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        // It serves: a guard it is sent is enforced.
+        c.create_guard(create_req("g2", &b, &["/data/secret"])).await.unwrap();
+    });
+    assert_eq!(b.op("open", "/data/secret"), "EPERM");
+    assert!(s.state.is_dir(), "the unreadable state file was left alone");
+    // The file reads again: its guard is enforced, and the file now holds both.
+    std::fs::remove_dir(&s.state).unwrap();
+    std::fs::rename(&kept, &s.state).unwrap();
+    agent.wait_log("state file readable again");
+    assert_eq!(a.op("open", "/data/secret"), "EPERM", "the state file's guard");
+    assert_eq!(b.op("open", "/data/secret"), "EPERM", "and the one sent meanwhile");
+    let saved = std::fs::read_to_string(&s.state).unwrap();
+    assert!(saved.contains("\"g1\"") && saved.contains("\"g2\""), "{saved}");
+}
