@@ -124,7 +124,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         builder
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(JanusdServer::new(Service::new(sup.clone())))
+            .add_service(
+                JanusdServer::new(Service::new(sup.clone()))
+                    .max_decoding_message_size(janus_agent::service::MAX_MESSAGE)
+                    .max_encoding_message_size(janus_agent::service::MAX_MESSAGE),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown())
             .await
             .context("gRPC server")?;

@@ -12,6 +12,14 @@ use janus_api::Release;
 
 use crate::supervisor::{Supervisor, SupervisorError};
 
+/// Largest GetGuardState page: 500 entries with full specs stay far below
+/// [`MAX_MESSAGE`].
+pub const MAX_PAGE: u32 = 500;
+
+/// gRPC message size limit, both ways, set explicitly on both sides (tonic's
+/// default is 4 MiB for decoding and unlimited for encoding).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 /// The service; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Service {
@@ -74,9 +82,16 @@ impl Janusd for Service {
         .await
     }
 
-    async fn get_guard_state(&self, _: Request<v1::GetGuardStateRequest>) -> Result<Response<v1::GuardState>, Status> {
+    async fn get_guard_state(
+        &self,
+        req: Request<v1::GetGuardStateRequest>,
+    ) -> Result<Response<v1::GuardState>, Status> {
         let sup = self.sup.clone();
-        blocking("GetGuardState", move || Ok(sup.state())).await
+        let req = req.into_inner();
+        if req.page_size > MAX_PAGE {
+            return Err(Status::invalid_argument(format!("page_size: at most {MAX_PAGE} (got {})", req.page_size)));
+        }
+        blocking("GetGuardState", move || Ok(sup.state_page(req.page_size, &req.page_token))).await
     }
 
     type WatchEventsStream = EventStream;

@@ -44,6 +44,10 @@ struct Entry {
 
 type Key = (String, String);
 
+fn parse_token(t: &str) -> Key {
+    t.split_once('\n').map(|(g, p)| (g.to_string(), p.to_string())).unwrap_or_default()
+}
+
 fn key_of(guard: &GuardRef, pod_uid: &str) -> Key {
     (guard.qualified(), pod_uid.to_string())
 }
@@ -280,8 +284,32 @@ impl Supervisor {
 
     /// The full state, for GetGuardState.
     pub fn state(&self) -> v1::GuardState {
+        self.state_page(0, "")
+    }
+
+    /// One page of [`Supervisor::state`]: at most `size` entries (0: all)
+    /// after `token` (the previous page's `next_page_token`), in key order,
+    /// so pages never overlap or skip an entry that stayed.
+    pub fn state_page(&self, size: u32, token: &str) -> v1::GuardState {
+        use std::ops::Bound;
         let entries = self.lock();
-        v1::GuardState { node: self.node.clone(), guards: entries.values().map(status_of).collect() }
+        let after = (!token.is_empty()).then(|| parse_token(token));
+        let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+        let limit = if size == 0 { usize::MAX } else { size as usize };
+        let mut page: Vec<(&Key, &Entry)> =
+            entries.range::<Key, _>((start, Bound::Unbounded)).take(limit.saturating_add(1)).collect();
+        let mut next_page_token = String::new();
+        if page.len() > limit {
+            page.truncate(limit);
+            if let Some((k, _)) = page.last() {
+                next_page_token = format!("{}\n{}", k.0, k.1);
+            }
+        }
+        v1::GuardState {
+            node: self.node.clone(),
+            guards: page.into_iter().map(|(_, e)| status_of(e)).collect(),
+            next_page_token,
+        }
     }
 
     /// One pass over every container that is due (retry time reached, or

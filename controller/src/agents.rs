@@ -97,6 +97,12 @@ pub struct Agents {
 /// Calls at once to one agent, at most.
 pub const CALLS_PER_AGENT: usize = 8;
 
+/// GetGuardState page size asked of the agents.
+pub const STATE_PAGE: u32 = 100;
+
+/// gRPC message size limit, both ways (as the agent's).
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
 impl Agents {
     /// Clients with `tls` (None: plaintext) and a per-call `timeout`.
     pub fn new(tls: Option<ClientTlsConfig>, timeout: Duration) -> Agents {
@@ -176,9 +182,11 @@ impl Agents {
     }
 
     fn client(&self, addr: &str) -> Result<JanusdClient<Channel>, tonic::Status> {
+        let limits =
+            |c: JanusdClient<Channel>| c.max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Ok(JanusdClient::new(ch.clone()));
+            return Ok(limits(JanusdClient::new(ch.clone())));
         }
         let mut ep = Endpoint::from_shared(addr.to_string())
             .map_err(|e| tonic::Status::invalid_argument(format!("agent address {addr}: {e}")))?
@@ -190,7 +198,7 @@ impl Agents {
         }
         let ch = ep.connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
-        Ok(JanusdClient::new(ch))
+        Ok(limits(JanusdClient::new(ch)))
     }
 
     fn err(node: &str, addr: &str, status: tonic::Status) -> AgentError {
@@ -232,12 +240,25 @@ impl Agents {
         let start = Instant::now();
         let mut c = self.client(addr).map_err(|s| Self::err(node, addr, s))?;
         // Always attempted, marked or not: this is what finds an
-        // unreachable agent back.
-        let r = self
-            .call(addr, c.get_guard_state(v1::GetGuardStateRequest {}))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| Self::err(node, addr, s));
+        // unreachable agent back. Paged (an agent answering 0.1-style, all
+        // at once, sends no token and ends the loop).
+        let mut all = v1::GuardState::default();
+        let mut token = String::new();
+        let r = loop {
+            let req = v1::GetGuardStateRequest { page_size: STATE_PAGE, page_token: token.clone() };
+            match self.call(addr, c.get_guard_state(req)).await {
+                Ok(page) => {
+                    let page = page.into_inner();
+                    all.node = page.node;
+                    all.guards.extend(page.guards);
+                    if page.next_page_token.is_empty() || page.next_page_token == token {
+                        break Ok(all);
+                    }
+                    token = page.next_page_token;
+                }
+                Err(s) => break Err(Self::err(node, addr, s)),
+            }
+        };
         record("GetGuardState", start, r.is_ok());
         r
     }

@@ -402,7 +402,11 @@ impl Cluster {
             .connect()
             .await
             .unwrap();
-        JanusdClient::new(ch).get_guard_state(janus_proto::v1::GetGuardStateRequest {}).await.unwrap().into_inner()
+        JanusdClient::new(ch)
+            .get_guard_state(janus_proto::v1::GetGuardStateRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     async fn status(&self, guard: &str) -> (i32, i32, String) {

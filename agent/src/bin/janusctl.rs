@@ -139,7 +139,19 @@ async fn remote(cli: &Cli) -> anyhow::Result<()> {
     let mut client = connect(cli).await?;
     match &cli.command {
         Command::State { json } => {
-            let state = client.get_guard_state(GetGuardStateRequest {}).await?.into_inner();
+            // Paged, as the controller asks (an agent of 0.1 answers all at once).
+            let mut state = janus_proto::v1::GuardState::default();
+            let mut token = String::new();
+            loop {
+                let req = GetGuardStateRequest { page_size: 100, page_token: token.clone() };
+                let page = client.get_guard_state(req).await?.into_inner();
+                state.node = page.node;
+                state.guards.extend(page.guards);
+                if page.next_page_token.is_empty() || page.next_page_token == token {
+                    break;
+                }
+                token = page.next_page_token;
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&state_json(&state))?);
                 return Ok(());
