@@ -188,6 +188,21 @@ impl Controller {
         Controller(child, port)
     }
 
+    /// The reconcile count once it stopped moving (2 s without a change).
+    async fn settled_reconciles(&self) -> f64 {
+        let mut last = -1.0;
+        let end = Instant::now() + T;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = self.counter("janus_controller_reconciles_total", "");
+            if now >= 0.0 && now == last {
+                return now;
+            }
+            last = now;
+            assert!(Instant::now() < end, "the controller never settled");
+        }
+    }
+
     /// A counter from the controller's /metrics (summed over its labels).
     fn counter(&self, name: &str, label: &str) -> f64 {
         use std::io::{Read, Write};
@@ -750,17 +765,7 @@ fn status_writes_trigger_no_reconcile() {
         let reconciles = || ctl.counter("janus_controller_reconciles_total", "");
         // Settle: guards left by other tests in other namespaces are
         // reconciled once at start.
-        let mut last = -1.0;
-        let end = Instant::now() + T;
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let now = reconciles();
-            if now >= 0.0 && now == last {
-                break;
-            }
-            last = now;
-            assert!(Instant::now() < end, "the controller never settled");
-        }
+        let last = ctl.settled_reconciles().await;
         c.apply_guard("lonely", "{app: nobody}", &["/data/secret"]).await;
         eventually("status written", T, || async { c.status("lonely").await == (0, 0, "True".into()) }).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -798,17 +803,7 @@ fn an_agent_change_reconciles_only_the_guards_on_its_node() {
             eventually("guarded", T, || async { c.status(g).await == (1, 1, "True".into()) }).await;
         }
         let reconciles = || ctl.counter("janus_controller_reconciles_total", "");
-        let mut last = -1.0;
-        let end = Instant::now() + T;
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let now = reconciles();
-            if now >= 0.0 && now == last {
-                break;
-            }
-            last = now;
-            assert!(Instant::now() < end, "the controller never settled");
-        }
+        let last = ctl.settled_reconciles().await;
         // node-a's agent changes (as a rollout changes its slice entry).
         c.publish_agent_labelled(&c.agents[0], "rollout", "1").await;
         tokio::time::sleep(Duration::from_secs(3)).await;

@@ -103,6 +103,20 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// The agent pods' names (one per node: one here).
+    fn agent_pod_names(&self) -> String {
+        self.k(&[
+            "-n",
+            NS,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+    }
+
     /// The agent's process on the host (hostPID: the node sees it).
     fn agent_pids(&self) -> Vec<u32> {
         let proc = janus_procfs::ProcFs::default();
@@ -507,30 +521,12 @@ fn helm_install_guards_real_pods_until_uninstalled() {
     let out = node.cat("probe", "/data/secret/key");
     assert!(out.contains("Operation not permitted"), "after the upgrade: {out}");
     // `kubectl delete pod` of the agent: the DaemonSet makes a new one.
-    let agent = node.k(&[
-        "-n",
-        NS,
-        "get",
-        "pods",
-        "-l",
-        "app.kubernetes.io/component=agent",
-        "-o",
-        "jsonpath={.items[0].metadata.name}",
-    ]);
+    let agent = node.agent_pod_names();
     let since = uptime();
     node.k(&["-n", NS, "delete", "pod", &agent, "--wait=true"]);
     eventually("a new agent pod Ready", T, || {
         node.kubectl(&["-n", NS, "rollout", "status", "ds/janusd", "--timeout=5s"]).is_ok()
-            && node.k(&[
-                "-n",
-                NS,
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/component=agent",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ]) != agent
+            && node.agent_pod_names() != agent
     });
     eventually("the replacement agent enforces", T, || {
         let s = uptime() - 0.3;
