@@ -239,7 +239,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             })
         })
         .shutdown_on_signal();
-    tokio::spawn(drift::run(ctx.clone(), guards.clone(), drift_tx, args.drift_interval));
+    let drift = tokio::spawn(drift::run(ctx.clone(), guards.clone(), drift_tx, args.drift_interval));
+    // On SIGTERM/SIGINT the Controller finishes the reconciles it runs and
+    // starts none; drift repair stops at once (a pass that went on while the
+    // lease is released below could withdraw what the next leader pushed).
+    tokio::spawn(async move {
+        stop_signal().await;
+        drift.abort();
+    });
     let gauge_ctx = ctx.clone();
     let gauge_guards = guards.clone();
     tokio::spawn(async move {
@@ -276,4 +283,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("janus-controller stopped");
     Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT (never, if they cannot be caught).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
