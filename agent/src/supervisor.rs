@@ -4,6 +4,11 @@
 //! retries containers that are not running yet with backoff, re-guards
 //! containers that restart, and drops enforcement for containers that are
 //! gone. It also owns the state file.
+//!
+//! Concurrency: one lock per (guard, pod), held for the whole of a request's
+//! work on it; the map of them is locked only to find, add or drop one, so a
+//! long walk holds up nothing but requests for its own (guard, pod). State
+//! writes are group-committed by [`Store`].
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,7 @@ use janus_engine::{Engine, GuardTarget, TargetInfo};
 use janus_proto::{convert, v1};
 
 use crate::containers::{self, ContainerId};
-use crate::state::{self, StateError};
+use crate::state::{self, StateError, Store};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -40,6 +45,41 @@ struct Entry {
     desired: Assignment,
     policy: Arc<Policy>,
     containers: Vec<Actual>,
+}
+
+/// One (guard, pod): its enforcement, and what GetGuardState reports of it.
+///
+/// Work on one slot (a request, a resync pass) holds `work` for its whole
+/// length — a /proc scan, an engine walk, a state-file write — and nothing
+/// else: requests for other (guard, pod)s and GetGuardState never wait for
+/// it. `status` is refreshed after each piece of work and read without
+/// touching `work`.
+#[derive(Debug, Default)]
+struct Slot {
+    work: Mutex<Work>,
+    status: Mutex<Option<v1::GuardStatus>>,
+}
+
+#[derive(Debug, Default)]
+struct Work {
+    entry: Option<Entry>,
+    /// Removed from the map: a request that found the slot before must look
+    /// it up again.
+    dead: bool,
+}
+
+impl Slot {
+    fn work(&self) -> std::sync::MutexGuard<'_, Work> {
+        self.work.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, entry: Option<&Entry>) {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = entry.map(status_of);
+    }
+
+    fn status(&self) -> Option<v1::GuardStatus> {
+        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 type Key = (String, String);
@@ -72,9 +112,13 @@ pub enum SupervisorError {
 pub struct Supervisor {
     engine: Engine,
     node: String,
-    state_path: PathBuf,
     proc_root: PathBuf,
-    entries: Mutex<BTreeMap<Key, Entry>>,
+    /// (guard, pod) -> its slot. This lock is held only to find, add or
+    /// drop a slot, or to copy statuses out, never across work.
+    slots: Mutex<BTreeMap<Key, Arc<Slot>>>,
+    /// The desired state on disk (group commit: concurrent requests share
+    /// writes; each is durable before its reply).
+    store: Store<Key>,
     /// Set while the state file could not be read (an I/O error, not
     /// corruption): when it was last tried. Meanwhile the file is never
     /// written, so what it holds is not lost, and it is read again every
@@ -88,7 +132,14 @@ pub const STATE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 impl Supervisor {
     /// A supervisor for `engine` on node `node`.
     pub fn new(engine: Engine, node: String, state_path: PathBuf, proc_root: PathBuf) -> Supervisor {
-        Supervisor { engine, node, state_path, proc_root, entries: Mutex::default(), unreadable: Mutex::default() }
+        Supervisor {
+            engine,
+            node,
+            proc_root,
+            slots: Mutex::default(),
+            store: Store::new(state_path),
+            unreadable: Mutex::default(),
+        }
     }
 
     /// The engine (for audit subscriptions).
@@ -96,8 +147,32 @@ impl Supervisor {
         &self.engine
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    fn slots(&self) -> std::sync::MutexGuard<'_, BTreeMap<Key, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the live slot for `key` (made empty if there is none),
+    /// holding its work lock.
+    fn with_slot<R>(&self, key: &Key, f: impl FnOnce(&Slot, &mut Work) -> R) -> R {
+        loop {
+            let slot = self.slots().entry(key.clone()).or_default().clone();
+            let mut work = slot.work();
+            if work.dead {
+                continue; // dropped from the map while we waited
+            }
+            return f(&slot, &mut work);
+        }
+    }
+
+    /// Drops `key`'s slot from the map if it is still this one, and marks it
+    /// dead (the caller holds its work lock).
+    fn drop_slot(&self, key: &Key, slot: &Slot, work: &mut Work) {
+        work.dead = true;
+        slot.publish(None);
+        let mut slots = self.slots();
+        if slots.get(key).is_some_and(|s| std::ptr::eq(s.as_ref(), slot)) {
+            slots.remove(key);
+        }
     }
 
     /// Loads the state file and enforces it. A corrupt file is moved aside
@@ -107,10 +182,10 @@ impl Supervisor {
     /// from [`Supervisor::reconcile`]; meanwhile the agent enforces what the
     /// controller sends.
     pub fn restore(&self) -> Result<usize, StateError> {
-        let desired = match state::load(&self.state_path) {
+        let desired = match state::load(self.store.path()) {
             Ok(d) => d,
             Err(e @ StateError::Corrupt { .. }) => {
-                let aside = state::quarantine(&self.state_path);
+                let aside = state::quarantine(self.store.path());
                 tracing::error!(error = %e, moved_to = ?aside, "state file unreadable; starting empty");
                 Vec::new()
             }
@@ -119,28 +194,35 @@ impl Supervisor {
                 Vec::new()
             }
         };
-        let mut entries = self.lock();
-        let n = self.insert_restored(&mut entries, desired).len();
-        Ok(n)
+        Ok(self.adopt(desired).len())
     }
 
-    /// Inserts the state file's guards that are not held already (what the
-    /// controller sent since start wins), enforced at once; their keys.
-    fn insert_restored(&self, entries: &mut BTreeMap<Key, Entry>, desired: Vec<Assignment>) -> Vec<Key> {
+    /// Takes the state file's guards that are not held already (what the
+    /// controller sent since start wins) into memory, enforced at once;
+    /// their keys. Nothing is written.
+    fn adopt(&self, desired: Vec<Assignment>) -> Vec<Key> {
         let mut added = Vec::new();
         for d in desired {
             // The state file is an input like any other: the model's rules.
-            match d.validate().and_then(|()| Self::entry_from(d)) {
-                Ok(e) => {
-                    let key = key_of(&e.desired.guard, &e.desired.pod.uid);
-                    if let std::collections::btree_map::Entry::Vacant(v) = entries.entry(key.clone()) {
-                        self.reconcile_entry(v.insert(e), true);
-                        added.push(key);
-                    }
+            let e = match d.validate().and_then(|()| Self::entry_from(d)) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, "dropping an invalid guard from the state file");
+                    continue;
                 }
-                Err(e) => tracing::error!(error = %e, "dropping an invalid guard from the state file"),
-            }
+            };
+            let key = key_of(&e.desired.guard, &e.desired.pod.uid);
+            self.with_slot(&key, |slot, work| {
+                if work.entry.is_some() || !self.store.insert_loaded(key.clone(), e.desired.clone()) {
+                    return;
+                }
+                let entry = work.entry.insert(e);
+                self.reconcile_entry(entry, true);
+                slot.publish(Some(entry));
+                added.push(key.clone());
+            });
         }
+        // Slots made for keys that were held already stay as they were.
         added
     }
 
@@ -154,6 +236,7 @@ impl Supervisor {
             );
         }
         *u = Some(std::time::Instant::now());
+        self.store.set_hold(true);
         metrics::gauge!("janus_agent_state_file_unreadable").set(1.0);
     }
 
@@ -164,10 +247,10 @@ impl Supervisor {
         if !due {
             return;
         }
-        let desired = match state::load(&self.state_path) {
+        let desired = match state::load(self.store.path()) {
             Ok(d) => d,
             Err(e @ StateError::Corrupt { .. }) => {
-                let aside = state::quarantine(&self.state_path);
+                let aside = state::quarantine(self.store.path());
                 tracing::error!(error = %e, moved_to = ?aside, "state file unreadable; continuing without it");
                 Vec::new()
             }
@@ -178,9 +261,9 @@ impl Supervisor {
         };
         *self.unreadable.lock().unwrap_or_else(|p| p.into_inner()) = None;
         metrics::gauge!("janus_agent_state_file_unreadable").set(0.0);
-        let mut entries = self.lock();
-        let added = self.insert_restored(&mut entries, desired);
-        if let Err(e) = self.save(&entries) {
+        let added = self.adopt(desired);
+        self.store.set_hold(false);
+        if let Err(e) = self.store.flush() {
             tracing::error!(error = %e, "writing the state file");
         }
         tracing::info!(restored = added.len(), "state file readable again");
@@ -218,68 +301,67 @@ impl Supervisor {
         Ok(a)
     }
 
-    fn save(&self, entries: &BTreeMap<Key, Entry>) -> Result<(), StateError> {
-        if self.unreadable.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
-            // Never overwrite a state file that could not be read.
-            tracing::debug!("state file unreadable: change kept in memory only");
-            return Ok(());
-        }
-        let all: Vec<Assignment> = entries.values().map(|e| e.desired.clone()).collect();
-        state::save(&self.state_path, &all)
-    }
-
     /// CreateGuard: validate, persist, enforce, report. Invalid requests and
-    /// state-file failures change nothing.
+    /// state-file failures change nothing. Only a request for the same
+    /// (guard, pod) waits for this one.
     pub fn create(&self, req: &v1::CreateGuardRequest) -> Result<v1::GuardStatus, SupervisorError> {
         let desired = self.desired_from(req)?;
         let key = key_of(&desired.guard, &desired.pod.uid);
-        let mut entries = self.lock();
-        if let Some(e) = entries.get_mut(&key)
-            && e.desired == desired
-        {
-            // Idempotent resend: nothing to change, but retry anything due.
-            self.reconcile_entry(e, false);
-            return Ok(status_of(e));
-        }
         let new = Self::entry_from(desired)?;
-        let old = entries.insert(key.clone(), new);
-        if let Err(e) = self.save(&entries) {
-            match old {
-                Some(o) => entries.insert(key, o),
-                None => entries.remove(&key),
-            };
-            return Err(e.into());
-        }
-        if let Some(old) = old {
-            // Containers that left the pod spec stop being enforced; the
-            // others are replaced atomically by the apply below.
-            let entry = &entries[&key];
-            for c in &old.containers {
-                if !entry.containers.iter().any(|n| n.spec.name == c.spec.name) {
-                    let _ = self.engine.remove(&instance_id(&old.desired, &c.spec.name));
+        self.with_slot(&key, |slot, work| {
+            if let Some(e) = work.entry.as_mut()
+                && e.desired == new.desired
+            {
+                // Idempotent resend: nothing to change, but retry anything due.
+                self.reconcile_entry(e, false);
+                slot.publish(Some(e));
+                return Ok(status_of(e));
+            }
+            if let Err(e) = self.store.put(key.clone(), Some(new.desired.clone())) {
+                if work.entry.is_none() {
+                    self.drop_slot(&key, slot, work);
+                }
+                return Err(e.into());
+            }
+            if let Some(old) = work.entry.take() {
+                // Containers that left the pod spec stop being enforced; the
+                // others are replaced atomically by the apply below.
+                for c in &old.containers {
+                    if !new.containers.iter().any(|n| n.spec.name == c.spec.name) {
+                        let _ = self.engine.remove(&instance_id(&old.desired, &c.spec.name));
+                    }
                 }
             }
-        }
-        let entry = entries.get_mut(&key).expect("just inserted");
-        self.reconcile_entry(entry, true);
-        Ok(status_of(entry))
+            let entry = work.entry.insert(new);
+            self.reconcile_entry(entry, true);
+            slot.publish(Some(entry));
+            Ok(status_of(entry))
+        })
     }
 
     /// DestroyGuard: stop enforcing; unknown (guard, pod) is not an error.
     pub fn destroy(&self, guard: &GuardRef, pod_uid: &str) -> Result<bool, SupervisorError> {
         let key = key_of(guard, pod_uid);
-        let mut entries = self.lock();
-        let Some(old) = entries.remove(&key) else { return Ok(false) };
-        if let Err(e) = self.save(&entries) {
-            entries.insert(key, old);
-            return Err(e.into());
+        if !self.slots().contains_key(&key) {
+            return Ok(false);
         }
-        for c in &old.containers {
-            if let Err(e) = self.engine.remove(&instance_id(&old.desired, &c.spec.name)) {
-                tracing::error!(error = %e, "remove guard instance");
+        self.with_slot(&key, |slot, work| {
+            let Some(old) = work.entry.take() else {
+                self.drop_slot(&key, slot, work);
+                return Ok(false);
+            };
+            if let Err(e) = self.store.put(key.clone(), None) {
+                work.entry = Some(old);
+                return Err(e.into());
             }
-        }
-        Ok(true)
+            self.drop_slot(&key, slot, work);
+            for c in &old.containers {
+                if let Err(e) = self.engine.remove(&instance_id(&old.desired, &c.spec.name)) {
+                    tracing::error!(error = %e, "remove guard instance");
+                }
+            }
+            Ok(true)
+        })
     }
 
     /// The full state, for GetGuardState.
@@ -289,15 +371,19 @@ impl Supervisor {
 
     /// One page of [`Supervisor::state`]: at most `size` entries (0: all)
     /// after `token` (the previous page's `next_page_token`), in key order,
-    /// so pages never overlap or skip an entry that stayed.
+    /// so pages never overlap or skip an entry that stayed. Never waits for
+    /// work in progress: each entry as of its last finished step.
     pub fn state_page(&self, size: u32, token: &str) -> v1::GuardState {
         use std::ops::Bound;
-        let entries = self.lock();
         let after = (!token.is_empty()).then(|| parse_token(token));
         let start = after.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
         let limit = if size == 0 { usize::MAX } else { size as usize };
-        let mut page: Vec<(&Key, &Entry)> =
-            entries.range::<Key, _>((start, Bound::Unbounded)).take(limit.saturating_add(1)).collect();
+        let slots = self.slots();
+        let mut page: Vec<(&Key, v1::GuardStatus)> = slots
+            .range::<Key, _>((start, Bound::Unbounded))
+            .filter_map(|(k, s)| Some((k, s.status()?)))
+            .take(limit.saturating_add(1))
+            .collect();
         let mut next_page_token = String::new();
         if page.len() > limit {
             page.truncate(limit);
@@ -305,23 +391,26 @@ impl Supervisor {
                 next_page_token = format!("{}\n{}", k.0, k.1);
             }
         }
-        v1::GuardState {
-            node: self.node.clone(),
-            guards: page.into_iter().map(|(_, e)| status_of(e)).collect(),
-            next_page_token,
-        }
+        v1::GuardState { node: self.node.clone(), guards: page.into_iter().map(|(_, s)| s).collect(), next_page_token }
     }
 
     /// One pass over every container that is due (retry time reached, or
-    /// guarded but its process changed).
+    /// guarded but its process changed). A (guard, pod) that a request is
+    /// working on is left to that request.
     pub fn reconcile(&self) {
         self.retry_state_file();
-        let mut entries = self.lock();
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
         let mut counts = [0usize; ContainerState::ALL.len()];
-        for entry in entries.values_mut() {
-            self.reconcile_entry(entry, false);
-            for c in &entry.containers {
-                counts[ContainerState::ALL.iter().position(|s| *s == c.state).unwrap_or(0)] += 1;
+        for slot in slots {
+            if let Ok(mut work) = slot.work.try_lock()
+                && let Some(entry) = work.entry.as_mut()
+            {
+                self.reconcile_entry(entry, false);
+                slot.publish(Some(entry));
+            }
+            for c in slot.status().iter().flat_map(|s| &s.containers) {
+                let state = convert::container_state(c).unwrap_or(ContainerState::Pending);
+                counts[ContainerState::ALL.iter().position(|s| *s == state).unwrap_or(0)] += 1;
             }
         }
         for (state, n) in ContainerState::ALL.iter().zip(counts) {

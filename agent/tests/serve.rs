@@ -708,3 +708,63 @@ fn guard_state_pages_500_entries() {
         assert!(e.message().contains("page_size"), "{e}");
     });
 }
+
+/// fanotify marks held by `pid` (inode marks listed in its fdinfo).
+fn marks_held(pid: u32) -> usize {
+    let fds =
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo")).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default();
+    fds.iter()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .map(|t| t.lines().filter(|l| l.starts_with("fanotify ino:")).count())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_big_guard_never_holds_up_other_requests() {
+    // While one CreateGuard walks a tree of 100,000 files, GetGuardState
+    // and a CreateGuard for another pod are answered (before: one lock over
+    // every entry was held across the walk and the state-file write).
+    let s = setup();
+    let big = TestContainer::start(Layout::ContainerdSystemdV2, &[("/big/0/0", "x")]);
+    for d in 0..200 {
+        let dir = big.rootfs().join(format!("big/{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            std::fs::write(dir.join(f.to_string()), b"").unwrap();
+        }
+    }
+    let small = TestContainer::start(Layout::CrioSystemdV2, &[("/data/secret", "s")]);
+    let agent = Agent::start(&s.pki, &s.state);
+    rt().block_on(async {
+        let mut c1 = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let mut c2 = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        let before = marks_held(agent.pid());
+        let req = create_req("big", &big, &["/big"]);
+        let mut big_call = tokio::spawn(async move { c1.create_guard(req).await });
+        // The big walk is under way once the agent holds marks for it and
+        // has not answered.
+        let t = Instant::now();
+        while marks_held(agent.pid()) <= before + 10 {
+            assert!(!big_call.is_finished(), "the big guard's walk ended before it could be watched: make it bigger");
+            assert!(t.elapsed() < Duration::from_secs(60), "the big walk never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let state = c2.get_guard_state(GetGuardStateRequest::default()).await.unwrap().into_inner();
+        assert!(!big_call.is_finished(), "GetGuardState waited for the big walk");
+        assert!(state.guards.is_empty(), "the big guard is not reported before it is applied: {state:?}");
+        let st = c2.create_guard(create_req("small", &small, &["/data/secret"])).await.unwrap().into_inner();
+        assert!(!big_call.is_finished(), "CreateGuard of another pod waited for the big walk");
+        assert_eq!(st.containers[0].state, "Guarded", "{st:?}");
+        assert_eq!(small.op("open", "/data/secret"), "EPERM");
+        let big_st = tokio::time::timeout(Duration::from_secs(300), &mut big_call)
+            .await
+            .expect("the big CreateGuard answers")
+            .unwrap()
+            .unwrap()
+            .into_inner();
+        assert_eq!(big_st.containers[0].state, "Guarded", "{big_st:?}");
+        let state = c2.get_guard_state(GetGuardStateRequest::default()).await.unwrap().into_inner();
+        assert_eq!(state.guards.len(), 2);
+    });
+}

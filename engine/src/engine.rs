@@ -113,8 +113,12 @@ impl Engine {
     /// The new policy's marks are in place before the old instance is
     /// retired, so no access slips between them. On error the previous
     /// instance (if any) keeps running unchanged.
+    ///
+    /// The walk (up to `max_walk` objects) runs without any engine-wide
+    /// lock, so applies of different instances proceed side by side; calls
+    /// for the *same* id must not overlap (the agent serializes them per
+    /// (guard, pod)): the last to finish would win.
     pub fn apply(&self, target: GuardTarget) -> Result<GuardReport, EngineError> {
-        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
         let rt = Arc::new(Runtime::new(target)?);
         let serial = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The enforcement thread must read the new group before any mark
@@ -137,23 +141,31 @@ impl Engine {
         let report = walk.report.clone();
         self.enforcer.send_entries(EntryBatch { serial, entries: walk.entries, uncache: walk.uncache })?;
         self.watcher.add(serial, rt.clone(), notif, walk.dirs, walk.fs_roots)?;
-        if let Some(old) = guards.insert(rt.id.clone(), serial) {
+        let old = {
+            let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+            let old = guards.insert(rt.id.clone(), serial);
+            self.active.set(guards.len() as f64);
+            old
+        };
+        if let Some(old) = old {
             self.watcher.remove(old)?;
             self.enforcer.retire(old)?;
         }
-        self.active.set(guards.len() as f64);
         Ok(report)
     }
 
     /// Stops enforcing the instance `id`; `false` if there was none.
     pub fn remove(&self, id: &str) -> Result<bool, EngineError> {
-        let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(serial) = guards.remove(id) else {
-            return Ok(false);
+        let serial = {
+            let mut guards = self.guards.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(serial) = guards.remove(id) else {
+                return Ok(false);
+            };
+            self.active.set(guards.len() as f64);
+            serial
         };
         self.watcher.remove(serial)?;
         self.enforcer.retire(serial)?;
-        self.active.set(guards.len() as f64);
         Ok(true)
     }
 
