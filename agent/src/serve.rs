@@ -44,6 +44,10 @@ pub struct Args {
     /// instance uses two groups); 0 leaves the kernel setting alone.
     #[arg(long, default_value_t = 8192)]
     max_fanotify_groups: u64,
+    /// WatchEvents streams open at once, at most (more are refused with
+    /// RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 16)]
+    max_watch_streams: usize,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -125,7 +129,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(
-                JanusdServer::new(Service::new(sup.clone()))
+                JanusdServer::new(Service::new(sup.clone(), args.max_watch_streams))
                     .max_decoding_message_size(janus_agent::service::MAX_MESSAGE)
                     .max_encoding_message_size(janus_agent::service::MAX_MESSAGE),
             )

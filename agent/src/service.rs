@@ -2,10 +2,13 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use janus_engine::audit::AuditRecord;
 use janus_proto::v1::{self, janusd_server::Janusd};
-use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use janus_api::Release;
@@ -24,12 +27,73 @@ pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct Service {
     sup: Arc<Supervisor>,
+    watch: Arc<Watchers>,
 }
 
 impl Service {
-    /// Serves `sup`.
-    pub fn new(sup: Arc<Supervisor>) -> Service {
-        Service { sup }
+    /// Serves `sup`, with at most `max_watch_streams` WatchEvents streams
+    /// open at once.
+    pub fn new(sup: Arc<Supervisor>, max_watch_streams: usize) -> Service {
+        let watch = Arc::new(Watchers::start(&sup, max_watch_streams));
+        Service { sup, watch }
+    }
+}
+
+/// Records buffered for WatchEvents streams, shared by all of them: a stream
+/// whose reader falls further behind loses the oldest (counted in
+/// `janus_agent_watch_dropped_total`); enforcement never waits for it.
+pub const WATCH_BUFFER: usize = 4096;
+
+/// The WatchEvents fan-out: one engine subscription, one bridge thread, a
+/// broadcast buffer of [`WATCH_BUFFER`] records shared by every stream, and
+/// a cap on open streams. (Before: an OS thread and two buffers per stream,
+/// with no limit.)
+#[derive(Debug)]
+struct Watchers {
+    tx: tokio::sync::broadcast::Sender<Arc<AuditRecord>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Watchers {
+    fn start(sup: &Supervisor, max: usize) -> Watchers {
+        let (tx, _) = tokio::sync::broadcast::channel(WATCH_BUFFER);
+        let records = sup.engine().subscribe(WATCH_BUFFER);
+        let bridge = tx.clone();
+        // Ends when the engine stops (its sender side goes).
+        let dropped = metrics::counter!("janus_agent_watch_dropped_total");
+        let spawned = std::thread::Builder::new().name("janus-watch-events".into()).spawn(move || {
+            for r in records {
+                // A full buffer means the slowest open stream has not taken
+                // its oldest record yet: this send overwrites it. (Counted
+                // here, where it happens: a stream learns of it only when
+                // its reader reads again.) No stream open is not a loss.
+                if bridge.len() >= WATCH_BUFFER {
+                    dropped.increment(1);
+                }
+                let _ = bridge.send(r);
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the WatchEvents bridge thread; streams will stay empty");
+        }
+        Watchers { tx, permits: Arc::new(tokio::sync::Semaphore::new(max)), max }
+    }
+}
+
+/// Held by an open stream: its place among the allowed streams.
+struct StreamSlot(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl StreamSlot {
+    fn new(permit: tokio::sync::OwnedSemaphorePermit) -> StreamSlot {
+        metrics::gauge!("janus_agent_watch_streams").increment(1.0);
+        StreamSlot(permit)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        metrics::gauge!("janus_agent_watch_streams").decrement(1.0);
     }
 }
 
@@ -104,34 +168,32 @@ impl Janusd for Service {
                 filter.decision
             )));
         }
-        let records = self.sup.engine().subscribe(4096);
-        let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        // Bridge the engine's channel to the stream; ends when the client goes.
-        std::thread::Builder::new()
-            .name("janus-watch-events".into())
-            .spawn(move || {
-                loop {
-                    match records.recv_timeout(Duration::from_millis(500)) {
-                        Ok(r) => {
-                            let pod = format!("{}/{}", r.namespace, r.pod);
-                            if (!filter.guard.is_empty() && filter.guard != r.guard)
-                                || (!filter.pod.is_empty() && filter.pod != pod)
-                                || (!filter.decision.is_empty() && filter.decision != r.decision)
-                            {
-                                continue;
-                            }
-                            if tx.blocking_send(Ok(event_to_wire(&r))).is_err() {
-                                return;
-                            }
-                        }
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) if tx.is_closed() => return,
-                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
-                    }
+        let permit = self.watch.permits.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("janus_agent_watch_refused_total").increment(1);
+            Status::resource_exhausted(format!(
+                "at most {} WatchEvents streams at once (janusd --max-watch-streams); close one and retry",
+                self.watch.max
+            ))
+        })?;
+        let slot = StreamSlot::new(permit);
+        let stream = BroadcastStream::new(self.watch.tx.subscribe()).filter_map(move |r| {
+            let _held = &slot; // the stream's place, given back when the client goes
+            match r {
+                Ok(r) => {
+                    let pod = format!("{}/{}", r.namespace, r.pod);
+                    let skip = (!filter.guard.is_empty() && filter.guard != r.guard)
+                        || (!filter.pod.is_empty() && filter.pod != pod)
+                        || (!filter.decision.is_empty() && filter.decision != r.decision);
+                    (!skip).then(|| Ok(event_to_wire(&r)))
                 }
-            })
-            .map_err(|e| Status::internal(format!("spawn stream thread: {e}")))?;
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    // Already counted by the bridge when they were overwritten.
+                    tracing::debug!(lost = n, "a WatchEvents reader fell behind");
+                    None
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

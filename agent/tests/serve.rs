@@ -29,9 +29,14 @@ struct Agent {
 
 impl Agent {
     fn start(pki: &Pki, state: &Path) -> Agent {
+        Agent::start_with(pki, state, &[])
+    }
+
+    fn start_with(pki: &Pki, state: &Path, extra: &[&str]) -> Agent {
         let (grpc, http) = (free_port(), free_port());
         let mut child = Command::new(JANUSD)
             .args(["serve", "--node-name", NODE, "--resync", "100ms"])
+            .args(extra)
             .arg("--listen")
             .arg(format!("127.0.0.1:{grpc}"))
             .arg("--http-addr")
@@ -766,5 +771,84 @@ fn a_big_guard_never_holds_up_other_requests() {
         assert_eq!(big_st.containers[0].state, "Guarded", "{big_st:?}");
         let state = c2.get_guard_state(GetGuardStateRequest::default()).await.unwrap().into_inner();
         assert_eq!(state.guards.len(), 2);
+    });
+}
+
+fn metric(agent: &Agent, name: &str) -> f64 {
+    agent
+        .http_get("/metrics")
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn watch_streams_are_bounded_and_slow_readers_lose_records_not_enforcement() {
+    let s = setup();
+    let a = TestContainer::start(Layout::ContainerdSystemdV2, &[("/data/secret", "s")]);
+    let agent = Agent::start_with(&s.pki, &s.state, &["--max-watch-streams", "2"]);
+    rt().block_on(async {
+        let mut c = client(&agent, &s.pki, Cred::Valid).await.unwrap();
+        c.create_guard(create_req("g", &a, &["/data/secret"])).await.unwrap();
+        // Two streams: one never read (slow), one read.
+        let slow = c.watch_events(v1::WatchEventsRequest::default()).await.unwrap().into_inner();
+        let mut fast = c
+            .watch_events(v1::WatchEventsRequest { decision: "deny".into(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        let e = c.watch_events(v1::WatchEventsRequest::default()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        assert!(e.message().contains("--max-watch-streams"), "{e}");
+        // Far more denials than the shared buffer and the slow stream's
+        // HTTP/2 window hold.
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = read.clone();
+        let mut reader = tokio::spawn(async move {
+            while let Ok(Some(_)) = fast.message().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        // Denials until the slow stream has lost records (the shared buffer
+        // holds 4096, its HTTP/2 window a few hundred more), counted; no
+        // open gets through meanwhile.
+        let t = Instant::now();
+        let mut denied = 0;
+        while metric(&agent, "janus_agent_watch_dropped_total") == 0.0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "records lost by the slow stream are not counted ({denied} denials)"
+            );
+            let out = a.exec_spawn(&["hammer", "1", "/data/secret"]).wait_with_output().unwrap();
+            let counts: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(counts["/data/secret"][0], 0, "enforcement never gives way: {counts}");
+            denied += counts["/data/secret"][1].as_u64().unwrap();
+        }
+        eprintln!(
+            "{denied} denials; the slow stream lost {} records",
+            metric(&agent, "janus_agent_watch_dropped_total")
+        );
+        c.get_guard_state(GetGuardStateRequest::default()).await.unwrap();
+        assert_eq!(metric(&agent, "janus_agent_watch_streams"), 2.0);
+        // Closing a stream frees its place.
+        drop(slow);
+        let t = Instant::now();
+        let third = loop {
+            match c.watch_events(v1::WatchEventsRequest::default()).await {
+                Ok(s) => break s,
+                Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                    assert!(t.elapsed() < Duration::from_secs(30), "a closed stream's place is never given back");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        };
+        drop(third);
+        assert!(!reader.is_finished());
+        assert!(read.load(std::sync::atomic::Ordering::Relaxed) > 0, "the stream that reads gets its records");
+        reader.abort();
+        let _ = (&mut reader).await;
     });
 }
