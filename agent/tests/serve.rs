@@ -327,12 +327,82 @@ fn refuses_clients_without_a_valid_certificate_and_bad_requests() {
                 },
                 "guard",
             ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    let subject = r.spec.as_ref().unwrap().subjects[0].clone();
+                    r.spec.as_mut().unwrap().subjects = vec![subject; 10_000];
+                    r
+                },
+                "spec.subjects",
+            ),
+            (create_req("good", &a, &["/data/../etc/shadow"]), "spec.subjects[0].deny[0]"),
+            (create_req("good", &a, &["/data/se\0cret"]), "spec.subjects[0].deny[0]"),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.containers[0].runtime_id = "containerd://not-hex-at-all".into();
+                    r
+                },
+                "containers[0].runtimeId",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.containers[0].runtime_id = "containerd://../../../etc".into();
+                    r
+                },
+                "containers[0].runtimeId",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.guard.as_mut().unwrap().name = "n".repeat(1_000_000);
+                    r
+                },
+                "guard.name",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.pod.as_mut().unwrap().namespace = "a/b".into();
+                    r
+                },
+                "pod.namespace",
+            ),
+            (
+                {
+                    let mut r = create_req("good", &a, &["/x"]);
+                    r.containers[0].name = "x\0y".into();
+                    r
+                },
+                "containers[0].name",
+            ),
         ];
         for (req, field) in cases {
-            let err = c.create_guard(req).await.unwrap_err();
+            let Err(err) = c.create_guard(req).await else { panic!("the case naming {field} was accepted") };
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
             assert!(err.message().starts_with(field), "message {:?} should name {field}", err.message());
         }
+        // Over the 16 MiB message limit: refused by the codec before it is
+        // read, with a message that says so.
+        let mut huge = create_req("good", &a, &["/x"]);
+        huge.spec.as_mut().unwrap().subjects[0].tags.insert("big".into(), "x".repeat(17 << 20));
+        let err = c.create_guard(huge).await.unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+            ),
+            "{err:?}"
+        );
+        assert!(err.message().contains("message length too large") || err.message().contains("limit"), "{err:?}");
+        let err = c
+            .destroy_guard(DestroyGuardRequest { guard: guard_ref("good"), pod: pod_ref("web", "x\0y") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().starts_with("pod.uid"), "{err:?}");
         let after = c.get_guard_state(GetGuardStateRequest::default()).await.unwrap().into_inner();
         assert_eq!(before, after, "an invalid request changed the state");
         assert_eq!(state_file, std::fs::read(&s.state).unwrap(), "an invalid request changed the state file");

@@ -72,25 +72,25 @@ impl Assignment {
     /// Checks every field; names are the wire's (`containers[1].runtimeId`,
     /// `spec.subjects[0].deny[2]`).
     pub fn validate(&self) -> Result<(), FieldError> {
-        for (field, value) in [
-            ("guard.namespace", &self.guard.namespace),
-            ("guard.name", &self.guard.name),
-            ("pod.namespace", &self.pod.namespace),
-            ("pod.name", &self.pod.name),
-            ("pod.uid", &self.pod.uid),
-        ] {
-            if value.is_empty() {
-                return Err(FieldError::new(field, "is required"));
-            }
+        check_guard(&self.guard)?;
+        check(&self.pod.namespace, "pod.namespace", Kind::Label)?;
+        check(&self.pod.name, "pod.name", Kind::Subdomain)?;
+        check(&self.pod.uid, "pod.uid", Kind::Uid)?;
+        if !self.pod.node.is_empty() {
+            check(&self.pod.node, "pod.node", Kind::Subdomain)?;
         }
         if self.containers.is_empty() {
             return Err(FieldError::new("containers", "at least one container is required"));
         }
+        if self.containers.len() > MAX_CONTAINERS {
+            return Err(FieldError::new(
+                "containers",
+                format!("at most {MAX_CONTAINERS} containers per pod (got {})", self.containers.len()),
+            ));
+        }
         let mut names = BTreeSet::new();
         for (i, c) in self.containers.iter().enumerate() {
-            if c.name.is_empty() {
-                return Err(FieldError::new(format!("containers[{i}].name"), "is required"));
-            }
+            check(&c.name, &format!("containers[{i}].name"), Kind::Label)?;
             if !names.insert(c.name.as_str()) {
                 return Err(FieldError::new(format!("containers[{i}].name"), format!("{:?} appears twice", c.name)));
             }
@@ -125,15 +125,70 @@ pub struct Release {
 impl Release {
     /// Checks the fields that identify what to release.
     pub fn validate(&self) -> Result<(), FieldError> {
-        for (field, value) in
-            [("guard.namespace", &self.guard.namespace), ("guard.name", &self.guard.name), ("pod.uid", &self.pod_uid)]
-        {
-            if value.is_empty() {
-                return Err(FieldError::new(field, "is required"));
-            }
-        }
-        Ok(())
+        check_guard(&self.guard)?;
+        check(&self.pod_uid, "pod.uid", Kind::Uid)
     }
+}
+
+/// Most containers one assignment may name (app, init and ephemeral
+/// containers of one pod; Kubernetes sets no limit, real pods have a few).
+pub const MAX_CONTAINERS: usize = 256;
+
+/// The shapes of names the API server gives out.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// RFC 1123 label: namespaces, container names (at most 63).
+    Label,
+    /// RFC 1123 subdomain: object and node names (at most 253).
+    Subdomain,
+    /// An object's uid: a UUID from the API server (kubelet's static pods
+    /// use a 32-digit hash); letters, digits and `-`, at most 128.
+    Uid,
+}
+
+fn check_guard(g: &GuardRef) -> Result<(), FieldError> {
+    check(&g.namespace, "guard.namespace", Kind::Label)?;
+    check(&g.name, "guard.name", Kind::Subdomain)?;
+    if !g.uid.is_empty() {
+        check(&g.uid, "guard.uid", Kind::Uid)?;
+    }
+    Ok(())
+}
+
+/// Checks that `value` is a well-formed name of `kind`: these values name
+/// state-file keys, guard instances, audit records and metrics, so nothing
+/// else gets in (a megabyte, a `/`, a NUL). The error never repeats a long
+/// value whole.
+fn check(value: &str, field: &str, kind: Kind) -> Result<(), FieldError> {
+    if value.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    let (max, what) = match kind {
+        Kind::Label => (63, "a lowercase RFC 1123 label (a-z, 0-9, '-'; starts and ends alphanumeric)"),
+        Kind::Subdomain => (253, "a lowercase RFC 1123 subdomain (a-z, 0-9, '-', '.')"),
+        Kind::Uid => (128, "a uid (letters, digits, '-')"),
+    };
+    if value.len() > max {
+        return Err(FieldError::new(field, format!("is {} bytes long, at most {max} allowed", value.len())));
+    }
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let ok = match kind {
+        Kind::Label => {
+            value.chars().all(|c| alnum(c) || c == '-') && value.starts_with(alnum) && value.ends_with(alnum)
+        }
+        Kind::Subdomain => value.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| alnum(c) || c == '-')
+                && l.starts_with(alnum)
+                && l.ends_with(alnum)
+        }),
+        Kind::Uid => value.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+    };
+    if !ok {
+        return Err(FieldError::new(field, format!("{value:?} is not {what}")));
+    }
+    Ok(())
 }
 
 /// Where one container of an assignment stands, as the agent reports it.
@@ -213,6 +268,29 @@ mod tests {
         assert_eq!(field(|a| a.containers[0].runtime_id = "containerd://xyz".into()), "containers[0].runtimeId");
         assert_eq!(field(|a| a.containers.push(a.containers[0].clone())), "containers[1].name");
         assert_eq!(field(|a| a.spec.subjects[0].deny[0] = "x/..".into()), "spec.subjects[0].deny[0]");
+        assert_eq!(field(|a| a.guard.name = "n".repeat(254)), "guard.name");
+        assert_eq!(field(|a| a.guard.name = "Web".into()), "guard.name");
+        assert_eq!(field(|a| a.guard.namespace = "a.b".into()), "guard.namespace");
+        assert_eq!(field(|a| a.guard.uid = "../x".into()), "guard.uid");
+        assert_eq!(field(|a| a.pod.namespace = "a/b".into()), "pod.namespace");
+        assert_eq!(field(|a| a.pod.name = "p..q".into()), "pod.name");
+        assert_eq!(field(|a| a.pod.name = "-p".into()), "pod.name");
+        assert_eq!(field(|a| a.pod.uid = "u\0".into()), "pod.uid");
+        assert_eq!(field(|a| a.pod.node = "n/".into()), "pod.node");
+        assert_eq!(field(|a| a.containers[0].name = "x\0y".into()), "containers[0].name");
+        assert_eq!(field(|a| a.containers = vec![a.containers[0].clone(); 257]), "containers");
+        // Names the API server gives out pass.
+        let mut a = good();
+        a.guard.name = "web.guard-1".into();
+        a.pod.name = "web-7f9c-abcde".into();
+        a.pod.uid = "524adb1a-e723-4e22-8391-9c6d711f3164".into();
+        a.pod.node = "ip-10-0-0-1.ec2.internal".into();
+        a.containers[0].name = "istio-proxy".into();
+        a.validate().unwrap();
+        // A long value is not repeated whole in the message.
+        let mut a = good();
+        a.guard.name = "n".repeat(1_000_000);
+        assert!(a.validate().unwrap_err().to_string().len() < 200);
     }
 
     /// The agent's state file of the previous release must still load.
