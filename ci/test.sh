@@ -16,6 +16,7 @@ cargo --version
 
 step "format"
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -46,6 +47,9 @@ ci/k8s/stop.sh --purge "$k8s_dir" >/dev/null 2>&1 || true
 
 step "the real cluster goes down without a trace"
 ci/k8s/cluster.sh down
+
+step "fuzz: every target for 20 s after replaying past failures (cargo fuzz, libFuzzer; docs/fuzzing.md)"
+ci/fuzz.sh 20
 
 step "demo: janusd standalone on deploy/examples/demo-guard.yaml"
 ci/demo.sh

@@ -68,6 +68,25 @@ impl fmt::Display for PatternError {
     }
 }
 
+/// The canonical text: `/` and the components joined by `/` (repeated and
+/// trailing slashes of the source gone); it parses back to the same pattern.
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.components().is_empty() {
+            return f.write_str("/");
+        }
+        for c in self.components() {
+            f.write_str("/")?;
+            match c {
+                Component::Literal(s) => f.write_str(s)?,
+                Component::Glob(g) => f.write_str(g.as_str())?,
+                Component::AnyDepth => f.write_str("**")?,
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Pattern {
     /// Parses an absolute path pattern. Repeated and trailing slashes are
     /// ignored; `.`/`..` components, NUL bytes and `**` mixed with other
@@ -151,24 +170,39 @@ impl Pattern {
     /// ancestors (a rule covers everything beneath what it names)? Used by
     /// the property tests of the compiled trie.
     pub fn covers(&self, path: &[&[u8]]) -> bool {
-        fn go(pat: &[Component], path: &[&[u8]]) -> bool {
-            match pat.split_first() {
-                None => true, // pattern exhausted: matched an ancestor or the path itself
-                Some((Component::AnyDepth, rest)) => (0..=path.len()).any(|skip| go(rest, &path[skip..])),
-                Some((c, rest)) => match path.split_first() {
-                    None => false,
-                    Some((name, tail)) => {
+        // Dynamic programming over (pattern suffix, path suffix), so many
+        // `**` cost O(components x path) rather than exponential time (the
+        // recursive form took minutes on `/**/a/**/a/**/...`, found by the
+        // `pattern` fuzz target). `next[j]`: the pattern after this
+        // component covers `path[j..]`.
+        let n = path.len();
+        let mut next = vec![true; n + 1]; // pattern exhausted: covered
+        let mut cur = vec![false; n + 1];
+        for c in self.components.iter().rev() {
+            match c {
+                Component::AnyDepth => {
+                    // Any number of components skipped: some k >= j works.
+                    let mut any = false;
+                    for j in (0..=n).rev() {
+                        any |= next[j];
+                        cur[j] = any;
+                    }
+                }
+                _ => {
+                    cur[n] = false;
+                    for j in 0..n {
                         let ok = match c {
-                            Component::Literal(l) => l.as_bytes() == *name,
-                            Component::Glob(g) => g.matches(name),
+                            Component::Literal(l) => l.as_bytes() == path[j],
+                            Component::Glob(g) => g.matches(path[j]),
                             Component::AnyDepth => unreachable!(),
                         };
-                        ok && go(rest, tail)
+                        cur[j] = ok && next[j + 1];
                     }
-                },
+                }
             }
+            std::mem::swap(&mut cur, &mut next);
         }
-        go(&self.components, path)
+        next[0]
     }
 }
 
@@ -227,6 +261,13 @@ mod tests {
         assert!(!p.covers(&path("/data/x/a.txt")));
         assert!(!p.covers(&path("/data")));
         assert!(Pattern::parse("/").unwrap().covers(&path("/anything")));
+        // Many `**` against a long path that does not match: linear work
+        // per component (this took minutes before; found by fuzzing).
+        let many = Pattern::parse(&format!("{}/b", "/**/a".repeat(12))).unwrap();
+        let long: &'static str = format!("{}/c", "/a".repeat(60)).leak();
+        assert!(!many.covers(&path(long)));
+        let hit: &'static str = format!("{}/b/x", "/a".repeat(60)).leak();
+        assert!(many.covers(&path(hit)));
     }
 
     #[test]
